@@ -1,0 +1,103 @@
+"""Generic interaction logs from CSV / TSV / parquet files, with configurable column names.
+
+A user brings their own logs without writing code: name the files and say which of their
+columns holds the member id, the title id, the time, and so on, e.g. for Last.fm::
+
+    load_files(
+        interactions="user_artists.dat", sep="\\t",
+        columns={"user_id": "userID", "item_id": "artistID", "rating": "weight"},
+        items="artists.dat", item_columns={"item_id": "id", "title": "name"},
+    )
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from streamrec.data.schema import INTERACTION_COLUMNS, ITEM_ID, USER_ID, DataError, RawData
+
+
+def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV/TSV (separator from ``sep`` or the extension) or parquet file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check the path in your data config.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Point the config at a file with a header and rows.")
+    if path.suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if sep is None:
+        sep = "\t" if path.suffix in (".tsv", ".dat", ".tab") else ","
+    try:
+        # QUOTE_NONE: titles like `"Weird Al" Yankovic` in real logs are data, not quoting.
+        frame = pd.read_csv(path, sep=sep, encoding=encoding, quoting=csv.QUOTE_NONE)
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: the file is empty ({err}).") from err
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: could not be parsed with separator {sep!r} ({err}). Set `sep`.") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid {encoding} ({err}). Set `encoding`, e.g. latin-1.") from err
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no rows.")
+    return frame
+
+
+def _rename(frame: pd.DataFrame, columns: Mapping[str, str] | None, path: Path) -> pd.DataFrame:
+    columns = dict(columns or {})
+    missing = [src for src in columns.values() if src not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: column(s) {missing} named in the config are not in the file; it has "
+            f"{list(frame.columns)}. Fix the column mapping (canonical name: your column)."
+        )
+    return frame.rename(columns={src: canon for canon, src in columns.items()})
+
+
+def load_files(
+    interactions: str | Path,
+    columns: Mapping[str, str] | None = None,
+    items: str | Path | None = None,
+    item_columns: Mapping[str, str] | None = None,
+    users: str | Path | None = None,
+    user_columns: Mapping[str, str] | None = None,
+    sep: str | None = None,
+    encoding: str = "utf-8",
+    keep_columns: bool = False,
+    name: str | None = None,
+) -> RawData:
+    """Load interaction logs (and optional item/user tables) into :class:`RawData`.
+
+    Args:
+        interactions: CSV/TSV/parquet with one row per (member, title) event.
+        columns: canonical name -> your column, e.g. ``{"user_id": "member", "item_id":
+            "title_id", "timestamp": "ts", "watch_fraction": "pct"}``; unmapped columns
+            that already carry a canonical name are used as they are.
+        items, users: optional tables; ``item_columns`` / ``user_columns`` map their columns.
+        sep: field separator; default from the extension (tab for .tsv/.dat, comma else).
+        keep_columns: keep columns that are not canonical (default: drop them).
+    """
+    inter_path = Path(interactions).expanduser()
+    inter = _rename(read_table(inter_path, sep, encoding), columns, inter_path)
+    if not keep_columns:
+        inter = inter[[c for c in inter.columns if c in INTERACTION_COLUMNS]]
+    origin = {"interactions": str(inter_path)}
+    item_frame = user_frame = None
+    if items is not None:
+        item_path = Path(items).expanduser()
+        item_frame = _rename(read_table(item_path, sep, encoding), item_columns, item_path)
+        origin["items"] = str(item_path)
+    if users is not None:
+        user_path = Path(users).expanduser()
+        user_frame = _rename(read_table(user_path, sep, encoding), user_columns, user_path)
+        origin["users"] = str(user_path)
+    for frame, table, key in ((item_frame, "items", ITEM_ID), (user_frame, "users", USER_ID)):
+        if frame is not None and key not in frame.columns:
+            raise DataError(
+                f"{origin[table]}: no '{key}' column; it has {list(frame.columns)}. "
+                f"Map the id column with {table[:-1]}_columns={{{key}: <your column>}}."
+            )
+    return RawData(inter, item_frame, user_frame, name=name or inter_path.stem, origin=origin)

@@ -1,0 +1,263 @@
+"""The canonical in-memory form every data source is turned into, and its validation.
+
+Every source (MovieLens, generic CSV/parquet files, the simulator) produces a
+:class:`RawData`: three pandas tables keyed by the publisher's own ("raw") ids.
+
+``interactions`` (required columns ``user_id``, ``item_id``; optional ``timestamp``
+in unix seconds, ``rating`` (explicit rating or play count, >= 0), ``watch_fraction``
+in [0, 1], ``device``), ``items`` (``item_id``, optional ``title``, ``genres`` as a
+list of strings, ``year``, ``text``) and ``users`` (``user_id`` plus any member
+features).
+
+Validation happens here, once, so that every source reports bad input the same way:
+the error names the file, the column and the first offending row, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+TIMESTAMP = "timestamp"
+RATING = "rating"
+WATCH_FRACTION = "watch_fraction"
+DEVICE = "device"
+
+INTERACTION_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, RATING, WATCH_FRACTION, DEVICE)
+ITEM_COLUMNS = (ITEM_ID, "title", "genres", "year", "text")
+
+# Indexed form, after ids are mapped to contiguous indices.
+USER = "user"
+ITEM = "item"
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the column or row, and the fix."""
+
+
+@dataclass
+class RawData:
+    """One source's tables, keyed by raw ids (see the module docstring for the columns)."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame | None = None
+    users: pd.DataFrame | None = None
+    name: str = "data"
+    # Where each table came from, for error messages ("<simulator>" for generated data).
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def where(self, table: str) -> str:
+        return self.origin.get(table, f"<{self.name} {table}>")
+
+
+def _first_bad_row(mask: np.ndarray | pd.Series, frame: pd.DataFrame) -> str:
+    positions = np.flatnonzero(np.asarray(mask))
+    first = positions[0]
+    example = frame.iloc[first].to_dict()
+    return f"{len(positions)} row(s), first at data row {first} ({example})"
+
+
+def validate_raw(data: RawData) -> RawData:
+    """Check ``data`` against the canonical schema; return it with canonical dtypes.
+
+    Raises:
+        DataError: naming the file, column and first bad row, with the fix.
+    """
+    where = data.where("interactions")
+    inter = data.interactions
+    if len(inter) == 0:
+        raise DataError(
+            f"{where}: the interactions table is empty. Point the source at a file "
+            "with at least one (user, item) row."
+        )
+    missing = [c for c in (USER_ID, ITEM_ID) if c not in inter.columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {missing}; found {list(inter.columns)}. "
+            "Map your column names to the canonical ones with the source's `columns` "
+            "option, e.g. columns={user_id: userId, item_id: movieId}."
+        )
+    for col in (USER_ID, ITEM_ID):
+        bad = inter[col].isna()
+        if bad.any():
+            raise DataError(
+                f"{where}: column '{col}' has empty values in {_first_bad_row(bad, inter)}. "
+                "Every interaction needs a user and an item id: fix or remove those rows."
+            )
+    inter = inter.copy()
+    if TIMESTAMP in inter.columns:
+        inter[TIMESTAMP] = _to_unix_seconds(inter[TIMESTAMP], where)
+    if RATING in inter.columns:
+        rating = pd.to_numeric(inter[RATING], errors="coerce")
+        bad = rating.isna() | (rating < 0)
+        if bad.any():
+            raise DataError(
+                f"{where}: column '{RATING}' must be a non-negative number; "
+                f"{_first_bad_row(bad, inter)} is NaN, negative or not a number. "
+                "Fix those rows, or drop the rating column mapping if it is not a rating."
+            )
+        inter[RATING] = rating.astype(np.float32)
+    if WATCH_FRACTION in inter.columns:
+        frac = pd.to_numeric(inter[WATCH_FRACTION], errors="coerce")
+        bad = frac.isna() | (frac < 0) | (frac > 1)
+        if bad.any():
+            raise DataError(
+                f"{where}: column '{WATCH_FRACTION}' must lie in [0, 1]; "
+                f"{_first_bad_row(bad, inter)} does not. Rescale it (e.g. seconds "
+                "watched / runtime) or fix those rows."
+            )
+        inter[WATCH_FRACTION] = frac.astype(np.float32)
+    if DEVICE in inter.columns:
+        inter[DEVICE] = inter[DEVICE].astype("category")
+
+    items = data.items
+    if items is not None:
+        items = _validate_items(items, data.where("items"))
+        unknown = ~inter[ITEM_ID].isin(items[ITEM_ID])
+        if unknown.any():
+            ids = inter.loc[unknown, ITEM_ID].unique()
+            raise DataError(
+                f"{where}: {int(unknown.sum())} interactions refer to {len(ids)} item id(s) "
+                f"missing from the items table {data.where('items')}, e.g. {ids[:5].tolist()}. "
+                "Add those titles to the items table or remove their interactions."
+            )
+    users = data.users
+    if users is not None:
+        users = _validate_unique_ids(users, USER_ID, data.where("users"), "users")
+    return RawData(inter, items, users, data.name, data.origin)
+
+
+def _validate_items(items: pd.DataFrame, where: str) -> pd.DataFrame:
+    items = _validate_unique_ids(items, ITEM_ID, where, "items").copy()
+    if "genres" in items.columns:
+        items["genres"] = items["genres"].map(_as_genre_list)
+    if "year" in items.columns:
+        items["year"] = pd.to_numeric(items["year"], errors="coerce").astype("Int64")
+    return items
+
+
+def _as_genre_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [g for g in value.split("|") if g and g != "(no genres listed)"]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [str(g) for g in value]
+
+
+def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str) -> pd.DataFrame:
+    if id_col not in table.columns:
+        raise DataError(
+            f"{where}: the {what} table has no '{id_col}' column; found "
+            f"{list(table.columns)}. Map it with the source's column options."
+        )
+    if table[id_col].isna().any():
+        raise DataError(
+            f"{where}: column '{id_col}' has empty values in "
+            f"{_first_bad_row(table[id_col].isna(), table)}. Every row needs an id."
+        )
+    dup = table[id_col].duplicated(keep=False)
+    if dup.any():
+        ids = table.loc[dup, id_col].unique()[:5].tolist()
+        raise DataError(
+            f"{where}: duplicate {id_col} values in the {what} table ({int(dup.sum())} "
+            f"rows share ids, e.g. {ids}). Each id must appear once: merge or drop "
+            "the duplicates."
+        )
+    return table
+
+
+def _to_unix_seconds(column: pd.Series, where: str) -> pd.Series:
+    """Numbers are taken as unix seconds; strings and datetimes are parsed."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        parsed = column
+    elif pd.api.types.is_numeric_dtype(column):
+        bad = column.isna()
+        if bad.any():
+            raise DataError(
+                f"{where}: column '{TIMESTAMP}' is empty in {_first_bad_row(bad, column.to_frame())}. "
+                "Fill in the time of those interactions or drop the rows."
+            )
+        return column.astype(np.int64)
+    else:
+        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna()
+    if bad.any():
+        raise DataError(
+            f"{where}: column '{TIMESTAMP}' could not be parsed as a time in "
+            f"{_first_bad_row(bad, column.to_frame())}. Use unix seconds or an ISO 8601 "
+            "string such as 2024-05-01T20:15:00Z."
+        )
+    if parsed.dt.tz is None:
+        parsed = parsed.dt.tz_localize("UTC")
+    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype(np.int64)
+
+
+class IdMap:
+    """A bijection between raw ids and contiguous indices ``0..n-1``.
+
+    Saved with every model so that a raw id means the same item everywhere.
+    """
+
+    def __init__(self, raw_ids: Sequence[Any] | np.ndarray | pd.Index):
+        index = pd.Index(raw_ids)
+        if not index.is_unique:
+            raise DataError("IdMap: raw ids must be unique.")
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdMap) and self._index.equals(other._index)
+
+    @property
+    def raw_ids(self) -> np.ndarray:
+        return self._index.to_numpy()
+
+    def to_index(self, raw_ids: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
+        """Indices of ``raw_ids``; unknown ids map to -1."""
+        return self._index.get_indexer(pd.Index(raw_ids)).astype(np.int64)
+
+    def to_raw(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._index.to_numpy()[np.asarray(indices, dtype=np.int64)]
+
+    def to_dict(self) -> dict[str, Any]:
+        ids = self._index.to_numpy()
+        kind = "int" if np.issubdtype(ids.dtype, np.integer) else "str"
+        values = ids.astype(np.int64).tolist() if kind == "int" else [str(v) for v in ids]
+        return {"kind": kind, "ids": values}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "IdMap":
+        ids = payload["ids"]
+        return cls(np.asarray(ids, dtype=np.int64) if payload["kind"] == "int" else ids)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IdMap":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
