@@ -76,6 +76,11 @@ class SplitData:
         """Training interactions per title, [n_items] int64."""
         return np.bincount(self.train[ITEM].to_numpy(), minlength=self.n_items).astype(np.int64)
 
+    def cold_items(self) -> np.ndarray:
+        """Titles with held-out interactions but none in train or validation, sorted."""
+        seen = np.union1d(self.train[ITEM].to_numpy(), self.val[ITEM].to_numpy())
+        return np.setdiff1d(self.test[ITEM].to_numpy(), seen)
+
     def genre_matrix(self) -> tuple[sp.csr_matrix, list[str]]:
         """Multi-hot genres [n_items, n_genres] (float32) and the genre names; empty if none."""
         if "genres" not in self.items.columns:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from streamrec.data.schema import TIMESTAMP, USER, DataError
+from streamrec.data.schema import ITEM, TIMESTAMP, USER, DataError
 
 SPLIT_METHODS = ("random", "leave_last_out", "temporal")
 TRAIN, VAL, TEST = 0, 1, 2
@@ -31,6 +31,9 @@ class SplitSpec:
     # leave_last_out: titles per member held out for test and for validation.
     holdout_test: int = 1
     holdout_val: int = 1
+    # Cold-start: this fraction of titles is held out entirely (all its interactions go to
+    # test), so models must place those titles from their content alone.
+    holdout_items: float = 0.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -45,6 +48,8 @@ class SplitSpec:
                 "non-negative, summing to 1, with a non-zero train part."
             )
         self.ratios = ratios
+        if not 0 <= self.holdout_items < 1:
+            raise DataError(f"holdout_items={self.holdout_items}: must lie in [0, 1).")
         if self.holdout_test < 1 or self.holdout_val < 0:
             raise DataError("holdout_test must be >= 1 and holdout_val >= 0.")
 
@@ -62,6 +67,16 @@ def assign_parts(inter: pd.DataFrame, spec: SplitSpec) -> np.ndarray:
             f"split method {spec.method!r} orders by time, but the data has no '{TIMESTAMP}' "
             "column. Use method=random or map a timestamp column."
         )
+    if spec.holdout_items > 0:
+        items = inter[ITEM].to_numpy()
+        catalogue = np.unique(items)
+        rng = np.random.default_rng([spec.seed, 1])
+        cold = rng.choice(catalogue, int(round(spec.holdout_items * len(catalogue))), replace=False)
+        is_cold = np.isin(items, cold)
+        parts = np.full(len(inter), TEST, dtype=np.int8)
+        warm = SplitSpec(spec.method, spec.ratios, spec.holdout_test, spec.holdout_val, 0.0, spec.seed)
+        parts[~is_cold] = assign_parts(inter[~is_cold].reset_index(drop=True), warm)
+        return parts
     users = inter[USER].to_numpy()
     n = len(inter)
     if spec.method == "temporal":

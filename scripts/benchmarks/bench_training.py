@@ -1,0 +1,80 @@
+"""Training-step throughput of the two-tower model on 2 CPU cores (no Lightning overhead
+excluded: the steps run through a real ``pl.Trainer`` fit loop).
+
+    python scripts/benchmarks/bench_training.py                      # default model
+    python scripts/benchmarks/bench_training.py --interactions 1000000 --epochs 1
+
+Generates a simulator log, trains the default model (d=64, history 50, batch 1,024,
+sampled softmax with logQ) for the given number of epochs without validation, and
+prints examples/s and seconds per epoch as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from streamrec.data import Preprocessing, SimulatorSource, SplitSpec, prepare_dataset
+from streamrec.training.datamodule import RetrievalDataModule
+from streamrec.training.module import TwoTowerModule
+from streamrec.training.train import model_inputs
+
+
+class _Timer(pl.Callback):
+    def __init__(self):
+        self.epoch_seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--interactions", type=int, default=1_000_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--history", type=int, default=50)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--pooling", default="mean")
+    parser.add_argument("--loss", default="sampled")
+    parser.add_argument("--history-mode", default="sequential")
+    args = parser.parse_args()
+
+    pl.seed_everything(0, verbose=False)
+    source = SimulatorSource(n_users=args.users, n_items=args.items, n_interactions=args.interactions, seed=0)
+    data = prepare_dataset(source, Preprocessing(), SplitSpec(method="leave_last_out", holdout_val=0))
+    dm = RetrievalDataModule(data, batch_size=args.batch_size, max_history=args.history,
+                             history_mode=args.history_mode)
+    derived, buffers, _ = model_inputs(data, dm, text_buckets=16384, max_tokens=24)
+    module = TwoTowerModule({**derived, "dim": args.dim, "pooling": args.pooling}, loss=args.loss,
+                            item_features=buffers, item_probability=dm.item_probability())
+    timer = _Timer()
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[timer])
+    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    examples = len(dm.train_log.item)
+    best = min(timer.epoch_seconds)
+    print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads\n")
+    print("| examples/epoch | dim | history | batch | pooling | loss | s/epoch (best of %d) | examples/s |" % args.epochs)
+    print("|---:|---:|---:|---:|---|---|---:|---:|")
+    print(f"| {examples:,} | {args.dim} | {args.history} | {args.batch_size} | {args.pooling} | {args.loss} "
+          f"| {best:.1f} | {examples / best:,.0f} |")
+    print("epochs:", ", ".join(f"{s:.1f}s" for s in timer.epoch_seconds), "| mean",
+          f"{np.mean(timer.epoch_seconds):.1f}s")
+
+
+if __name__ == "__main__":
+    main()

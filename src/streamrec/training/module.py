@@ -1,0 +1,133 @@
+"""The Lightning training task around :class:`~streamrec.models.two_tower.TwoTower`.
+
+Cheap in-batch loss every step; full-ranking NDCG@K / Recall@K over the whole catalogue
+at the end of each validation epoch (members' seen titles masked).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+
+from streamrec.evaluation import ndcg_at_k, recall_at_k, topk_items
+from streamrec.models.losses import FullSoftmaxLoss, SampledSoftmaxLoss, mixture_log_q
+from streamrec.models.two_tower import TwoTower, TwoTowerConfig
+
+LOSSES = ("sampled", "full")
+LR_SCHEDULES = ("constant", "one_cycle")
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class TwoTowerModule(pl.LightningModule):
+    """Trains a two-tower model with a retrieval loss.
+
+    Args:
+        model_config: :class:`TwoTowerConfig` fields (saved in the checkpoint so the model
+            can be rebuilt from it alone).
+        loss: ``sampled`` (in-batch + ``num_uniform_negatives`` uniform negatives) or
+            ``full`` (softmax over the whole catalogue).
+        temperature, logq_correction, remove_accidental_hits: see the losses.
+        num_uniform_negatives: extra uniformly drawn negatives per step (mixed negatives).
+        history_dropout: train-time probability of dropping each history position.
+        optimizer: factory ``params -> Optimizer`` (Hydra ``_partial_``); default Adam(1e-3).
+        lr_schedule: ``constant`` or ``one_cycle`` (warm-up then cosine decay over
+            ``trainer.max_epochs``).
+        eval_k: cut-off of the validation metrics.
+        item_features: content buffers for the model (genres, year, year_known, tokens,
+            has_id), only when training starts; a checkpoint restores them.
+        item_probability: [n_items] share of training positives per title (for logQ).
+    """
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        loss: str = "sampled",
+        temperature: float = 0.05,
+        logq_correction: bool = True,
+        remove_accidental_hits: bool = True,
+        num_uniform_negatives: int = 0,
+        history_dropout: float = 0.1,
+        optimizer: OptimizerFactory | None = None,
+        lr_schedule: str = "constant",
+        eval_k: int = 10,
+        item_features: dict[str, torch.Tensor] | None = None,
+        item_probability: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}: choose one of {LOSSES}.")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r}: choose one of {LR_SCHEDULES}.")
+        self.save_hyperparameters(ignore=["optimizer", "item_features", "item_probability"])
+        self.config = TwoTowerConfig(**model_config)
+        self.model = TwoTower(self.config, **(item_features or {}))
+        n_items = self.config.n_items
+        probability = item_probability if item_probability is not None else torch.full((n_items,), 1.0 / n_items)
+        self.register_buffer("item_probability", probability.float())
+        self.sampled_loss = SampledSoftmaxLoss(temperature, logq_correction, remove_accidental_hits)
+        self.full_loss = FullSoftmaxLoss(temperature)
+        self.optimizer_factory = optimizer
+        self._item_vectors: torch.Tensor | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.query(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        history = batch["history"]
+        if hp.history_dropout > 0:
+            keep = torch.rand(history.shape, device=self.device) >= hp.history_dropout
+            batch = {**batch, "history": history * keep}
+        query = self.model.query(batch)
+        target = batch["target"]
+        if hp.loss == "full":
+            all_items = self.model.item_vectors(torch.arange(self.config.n_items, device=self.device))
+            # Titles dropped from the input are still the member's positives, not negatives.
+            loss = self.full_loss(query, all_items, target, history)
+        else:
+            ids = target
+            if hp.num_uniform_negatives > 0:
+                extra = torch.randint(self.config.n_items, (hp.num_uniform_negatives,), device=self.device)
+                ids = torch.cat([target, extra])
+            log_q = mixture_log_q(self.item_probability, len(target), hp.num_uniform_negatives)[ids]
+            loss = self.sampled_loss(query, self.model.item_vectors(ids), ids, log_q)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._item_vectors = self.model.all_item_vectors()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        k = self.hparams.eval_k
+        scores = self.model.query(batch) @ self._item_vectors.T
+        exclude = batch["exclude"]
+        rows = torch.arange(len(exclude), device=self.device).unsqueeze(1).expand_as(exclude)
+        valid = exclude >= 0
+        scores[rows[valid], exclude[valid]] = float("-inf")
+        top = topk_items(scores, k)
+        targets = batch["targets"]
+        # Padding (-1) in both `top` and `targets` must never match.
+        hits = ((top.unsqueeze(-1) == targets.unsqueeze(1)) & (targets >= 0).unsqueeze(1)).any(-1)
+        n_relevant = (targets >= 0).sum(1)
+        size = len(top)
+        self.log(f"val/ndcg@{k}", ndcg_at_k(hits, n_relevant, k).mean(), prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(f"val/recall@{k}", recall_at_k(hits, n_relevant, k).mean(), batch_size=size, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._item_vectors = None
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        optimizer = factory(self.parameters())
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        # One-cycle: a short warm-up, then cosine decay to ~0 over the planned steps, which
+        # settles the noisy end of training that a constant rate leaves.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(2, int(self.trainer.estimated_stepping_batches)), pct_start=0.1,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+

@@ -1,0 +1,185 @@
+"""``train(cfg)``: data -> two-tower training -> best checkpoint -> test metrics beside baselines.
+
+A plain function so tests and notebooks call it directly; ``scripts/train.py`` is only the
+``@hydra.main`` wrapper around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from streamrec.baselines import evaluate_baselines
+from streamrec.cli import build_dataset, markdown_table
+from streamrec.data import SplitData
+from streamrec.data.features import build_item_features
+from streamrec.evaluation import evaluate_ranking
+from streamrec.training.datamodule import RetrievalDataModule
+from streamrec.training.module import TwoTowerModule
+
+log = logging.getLogger(__name__)
+
+
+def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets: int, max_tokens: int):
+    """Data-derived model arguments and the content buffers of the catalogue."""
+    features = build_item_features(data.items, text_buckets=text_buckets, max_tokens=max_tokens)
+    derived = {
+        "n_items": data.n_items,
+        "n_genres": len(features.genre_vocab),
+        "text_buckets": text_buckets,
+        "max_tokens": max_tokens,
+        "max_history": datamodule.max_history,
+        "user_feature_cardinalities": datamodule.user_spec.cardinalities,
+        "n_devices": datamodule.n_devices,
+        "use_hour": datamodule.has_time,
+    }
+    buffers = {
+        "genres": features.genres, "year": features.year, "year_known": features.year_known,
+        "tokens": features.tokens, "has_id": torch.from_numpy(data.item_popularity() > 0),
+    }
+    return derived, buffers, features
+
+
+@torch.no_grad()
+def score_function(module: TwoTowerModule, datamodule: RetrievalDataModule, part: str):
+    """``users [B] -> scores [B, n_items]`` with histories as of ``part`` (``val`` / ``test``)."""
+    module.eval()
+    items = module.model.all_item_vectors()
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        batch = datamodule.eval_batch(users.numpy(), part, with_targets=False)
+        return module.model.query(batch) @ items.T
+
+    return score
+
+
+def evaluate_model(module: TwoTowerModule, datamodule: RetrievalDataModule, ks: tuple[int, ...],
+                   part: str = "test") -> dict[str, float]:
+    """Full-ranking metrics of ``module`` on ``part`` with everything seen before masked."""
+    data = datamodule.data
+    seen = data.matrix(["train", "val"] if part == "test" else ["train"])
+    genres, _ = data.genre_matrix()
+    with torch.inference_mode():
+        return evaluate_ranking(
+            score_function(module, datamodule, part), data.matrix(part), exclude=seen, ks=ks,
+            item_popularity=np.asarray(seen.sum(axis=0)).ravel().astype(np.int64),
+            item_genres=genres if genres.shape[1] else None,
+        )
+
+
+def evaluate_cold_start(module: TwoTowerModule, datamodule: RetrievalDataModule, k: int = 20) -> pd.DataFrame:
+    """Recall@k / NDCG@k ranking only the titles held out of training entirely.
+
+    The model's vectors for those titles come from their content alone (they have no
+    trained id). Baselines: popularity measured on the held-out period itself (an oracle
+    the model cannot see) and a random order.
+    """
+    data = datamodule.data
+    cold = data.cold_items()
+    if len(cold) == 0:
+        raise ValueError("the split has no cold titles; set data.split.holdout_items > 0.")
+    k = min(k, len(cold))
+    test = data.matrix("test")[:, cold]
+    model_scores = score_function(module, datamodule, "test")
+    oracle_popularity = torch.from_numpy(np.asarray(test.sum(axis=0)).ravel().astype(np.float32))
+    generator = torch.Generator().manual_seed(0)
+    scorers = {
+        "TwoTower (content only)": lambda users: model_scores(users)[:, cold],
+        "Popularity (oracle, held-out period)": lambda users: oracle_popularity.expand(len(users), -1).clone(),
+        "Random": lambda users: torch.rand(len(users), len(cold), generator=generator),
+    }
+    rows = []
+    with torch.inference_mode():
+        for name, scorer in scorers.items():
+            metrics = evaluate_ranking(scorer, test, exclude=None, ks=(k,))
+            rows.append({"model": name, f"recall@{k}": metrics[f"recall@{k}"], f"ndcg@{k}": metrics[f"ndcg@{k}"],
+                         "members": metrics["n_users"], "cold titles": len(cold)})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train and test the two-tower model described by ``cfg`` (see ``configs/train.yaml``).
+
+    Returns the test metrics (``test/ndcg@10``, ...) and the objects built (data,
+    datamodule, module, trainer, and the comparison table).
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    data = build_dataset(cfg.data)
+    log.info("data %s: %s", data.name, data.summary())
+    if len(data.val) == 0:
+        raise ValueError(
+            f"{data.name}: the split has no validation part, which early stopping and checkpoint "
+            "selection need. Give data.split.ratios three values, e.g. [0.8, 0.1, 0.1]."
+        )
+    # Passed after instantiation: Hydra would turn the SplitData dataclass into a config.
+    datamodule: RetrievalDataModule = instantiate(cfg.datamodule, _partial_=True)(data=data)
+    derived, buffers, _ = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens)
+    model_config = {**OmegaConf.to_container(cfg.model.model_config, resolve=True), **derived}
+    module: TwoTowerModule = instantiate(
+        cfg.model, model_config=model_config, item_features=buffers,
+        item_probability=datamodule.item_probability(), _convert_="all",
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("best checkpoint %s (%s = %.4f)", best, trainer.checkpoint_callback.monitor,
+                 float(trainer.checkpoint_callback.best_model_score))
+        module = TwoTowerModule.load_from_checkpoint(best, map_location="cpu")
+    objects: dict[str, Any] = {"data": data, "datamodule": datamodule, "module": module, "trainer": trainer}
+    if not trainer.is_global_zero:
+        return {}, objects
+
+    ks = tuple(cfg.eval.ks)
+    metrics = evaluate_model(module, datamodule, ks)
+    test_metrics = {f"test/{name}": float(value) for name, value in metrics.items()}
+    cold_table = evaluate_cold_start(module, datamodule) if len(data.cold_items()) else None
+    if cold_table is not None:
+        recall = cold_table.filter(like="recall@").iloc[0]
+        test_metrics[f"test/cold_{recall.index[0]}"] = float(recall.iloc[0])
+    for logger in trainer.loggers:
+        logger.log_metrics(test_metrics, step=trainer.global_step)
+        logger.save()
+
+    table = pd.DataFrame([{"model": "TwoTower", **metrics}]).set_index("model")
+    if cfg.eval.get("baselines"):
+        models = {name: instantiate(spec) for name, spec in cfg.eval.baselines.items()}
+        table = pd.concat([table, evaluate_baselines(data, models, ks=ks).drop(columns=["fit_s", "eval_s"])])
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output_dir / "test_metrics.csv")
+    (output_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
+    if cold_table is not None:
+        cold_table.to_csv(output_dir / "cold_start.csv")
+    if best:
+        _record_last_run(Path(cfg.paths.checkpoint_dir), best, output_dir)
+
+    shown = [c for c in cfg.eval.show if c in table.columns]
+    print(f"\n{data.name} test split ({data.summary()}), full ranking, seen titles masked:\n")
+    print(markdown_table(table[shown]))
+    if cold_table is not None:
+        print("\ncold start: ranking only the titles held out of training entirely\n")
+        print(markdown_table(cold_table))
+    print(f"\nbest checkpoint: {best or '(none)'}\nmetrics: {output_dir / 'test_metrics.csv'}")
+    objects["table"], objects["cold_start"] = table, cold_table
+    return test_metrics, objects
+
+
+def _record_last_run(checkpoint_dir: Path, best: str, output_dir: Path) -> None:
+    """``checkpoints/last_run.json`` names the best checkpoint of the latest run."""
+    from streamrec.data.schema import atomic_write_text
+
+    record = {"best_checkpoint": str(Path(best).resolve()), "run_dir": str(output_dir.resolve())}
+    atomic_write_text(checkpoint_dir / "last_run.json", json.dumps(record, indent=2))
