@@ -156,3 +156,14 @@ def test_split_data_save_is_atomic(tmp_path, monkeypatch):
     # The earlier complete copy is untouched and no temporary folder is left behind.
     pd.testing.assert_frame_equal(SplitData.load(tmp_path / "d").train, good.train)
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_carving_validation_out_of_train_keeps_the_same_test_set():
+    """experiment=ml100k relies on this: [0.725, 0.025, 0.25] tests exactly what [0.75, 0.25] does."""
+    data = interactions(n_users=200, per_user=41, seed=3)
+    protocol = index_and_split(data, SplitSpec(ratios=[0.75, 0.25], seed=42))
+    carved = index_and_split(data, SplitSpec(ratios=[0.725, 0.025, 0.25], seed=42))
+    key = ["user", "item"]
+    pd.testing.assert_frame_equal(protocol.test[key].sort_values(key).reset_index(drop=True),
+                                  carved.test[key].sort_values(key).reset_index(drop=True))
+    assert len(carved.val) > 0

@@ -16,9 +16,13 @@ import os
 import platform
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from streamrec.data import Preprocessing, SimulatorSource, SplitSpec, prepare_dataset
 from streamrec.training.datamodule import RetrievalDataModule
@@ -57,8 +61,13 @@ def main() -> None:
     dm = RetrievalDataModule(data, batch_size=args.batch_size, max_history=args.history,
                              history_mode=args.history_mode)
     derived, buffers, _ = model_inputs(data, dm, text_buckets=16384, max_tokens=24)
-    module = TwoTowerModule({**derived, "dim": args.dim, "pooling": args.pooling}, loss=args.loss,
-                            item_features=buffers, item_probability=dm.item_probability())
+    # The default model of configs/model/two_tower.yaml.
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "model" / "two_tower.yaml")
+    model_config = {**OmegaConf.to_container(cfg.model_config), **derived, "dim": args.dim, "pooling": args.pooling}
+    optimizer = instantiate(cfg.optimizer)
+    module = TwoTowerModule(model_config, loss=args.loss, temperature=cfg.temperature,
+                            logq_correction=cfg.logq_correction, history_dropout=cfg.history_dropout,
+                            optimizer=optimizer, item_features=buffers, item_probability=dm.item_probability())
     timer = _Timer()
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,

@@ -97,7 +97,8 @@ def build_item_features(
     year_std = year_std or 1.0
     year = np.where(known, (years - year_mean) / year_std, 0.0)
 
-    token_lists = [hash_tokens(t, text_buckets, max_tokens) for t in item_text(items)]
+    texts = item_text(items) if text_buckets > 0 else []  # 0 buckets: no text feature
+    token_lists = [hash_tokens(t, text_buckets, max_tokens) for t in texts]
     tokens = torch.zeros(n, max_tokens, dtype=torch.long)
     for i, toks in enumerate(token_lists):
         if toks:

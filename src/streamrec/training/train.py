@@ -145,7 +145,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ks = tuple(cfg.eval.ks)
     metrics = evaluate_model(module, datamodule, ks)
     test_metrics = {f"test/{name}": float(value) for name, value in metrics.items()}
-    cold_table = evaluate_cold_start(module, datamodule) if len(data.cold_items()) else None
+    held_out = cfg.data.split.get("holdout_items", 0) > 0
+    cold_table = evaluate_cold_start(module, datamodule) if held_out else None
     if cold_table is not None:
         recall = cold_table.filter(like="recall@").iloc[0]
         test_metrics[f"test/cold_{recall.index[0]}"] = float(recall.iloc[0])
