@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +91,10 @@ def test_train_end_to_end_on_tiny_simulator(tmp_path, capsys):
     # The checkpoint alone rebuilds the model.
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["model_config"]["n_items"] == 120
+    # ... and carries the raw-id map, so a raw id means the same title at serving time.
+    spec = ckpt["streamrec_data_spec"]
+    assert spec["item_map"]["ids"] == objects["data"].item_map.raw_ids.tolist()
+    assert spec["device_vocab"] == ["mobile", "tablet", "tv", "web"]
 
 
 def test_training_is_deterministic_with_a_seed(tmp_path):
@@ -134,9 +140,18 @@ def test_wandb_offline_logger(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
-    """Lightning DDP on CPU (gloo), two processes, through the same train(cfg)."""
-    cfg = make_cfg(tmp_path, TINY + ["eval.baselines={}", "trainer=ddp", "trainer.accelerator=cpu",
-                                     "trainer.devices=2"])
-    metrics, objects = train(cfg)
-    assert objects["trainer"].world_size == 2
+    """`trainer=ddp` on CPU (gloo), two processes, exactly as a user runs it.
+
+    Lightning's DDP re-launches the command line for each rank, so this runs the script
+    in a subprocess rather than inside pytest.
+    """
+    root = Path(__file__).resolve().parents[1]
+    overrides = TINY + ["eval.baselines={}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                        f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                        f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), *overrides], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size=2" in done.stdout + done.stderr or "GLOBAL_RANK: 1" in done.stdout + done.stderr
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0

@@ -70,6 +70,15 @@ class TwoTowerModule(pl.LightningModule):
         self.full_loss = FullSoftmaxLoss(temperature)
         self.optimizer_factory = optimizer
         self._item_vectors: torch.Tensor | None = None
+        # How raw ids and features map to model inputs (id maps, vocabularies): not
+        # hyperparameters, but saved in every checkpoint so the model can serve raw ids.
+        self.data_spec: dict[str, Any] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["streamrec_data_spec"] = self.data_spec
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_spec = checkpoint.get("streamrec_data_spec", {})
 
     def transfer_batch_to_device(self, batch: dict[str, torch.Tensor], device: torch.device,
                                  dataloader_idx: int) -> dict[str, torch.Tensor]:

@@ -49,6 +49,18 @@ def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets:
     return derived, buffers, features
 
 
+def data_spec(data: SplitData, datamodule: RetrievalDataModule, features) -> dict[str, Any]:
+    """Raw-id maps and feature vocabularies a checkpoint needs to serve raw ids."""
+    spec = datamodule.user_spec
+    return {
+        "item_map": data.item_map.to_dict(),
+        "item_features": features.encoder_args(),
+        "user_features": {"columns": spec.columns, "vocabularies": spec.vocabularies, "edges": spec.edges},
+        "device_vocab": datamodule.device_vocab,
+        "history_mode": datamodule.history_mode,
+    }
+
+
 @torch.no_grad()
 def score_function(module: TwoTowerModule, datamodule: RetrievalDataModule, part: str):
     """``users [B] -> scores [B, n_items]`` with histories as of ``part`` (``val`` / ``test``)."""
@@ -122,12 +134,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
     # Passed after instantiation: Hydra would turn the SplitData dataclass into a config.
     datamodule: RetrievalDataModule = instantiate(cfg.datamodule, _partial_=True)(data=data)
-    derived, buffers, _ = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens)
+    derived, buffers, features = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens)
     model_config = {**OmegaConf.to_container(cfg.model.model_config, resolve=True), **derived}
     module: TwoTowerModule = instantiate(
         cfg.model, model_config=model_config, item_features=buffers,
         item_probability=datamodule.item_probability(), _convert_="all",
     )
+    module.data_spec = data_spec(data, datamodule, features)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
