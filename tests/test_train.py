@@ -119,7 +119,8 @@ def test_cold_start_split_reports_content_only_recall(tmp_path):
     cfg = make_cfg(tmp_path, TINY + ["eval.baselines={}", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
     metrics, objects = train(cfg)
     cold = objects["cold_start"]
-    assert list(cold.index) == ["TwoTower (content only)", "Popularity (oracle, held-out period)", "Random"]
+    assert list(cold.index) == ["TwoTower (content only)", "Popularity by genre (known at release)",
+                                "Popularity (oracle, held-out period)", "Random"]
     assert 0.0 <= metrics["test/cold_recall@20"] <= 1.0
 
 
