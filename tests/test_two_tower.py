@@ -268,7 +268,7 @@ def test_two_tower_defaults_content_buffers_and_query_reads_the_batch():
     assert model.query({"history": HISTORY}).shape == (3, 4)
     scores = model.query(batch) @ model.all_item_vectors().T
     assert scores.shape == (3, N_ITEMS) and (scores.abs() <= 1 + 1e-5).all()  # cosine scores
-    assert model.config_dict()["pooling"] == "attention"
+    assert model.config.pooling == "attention"
 
 
 def test_score_is_inner_product_of_unit_vectors():

@@ -11,7 +11,7 @@ dataset's contiguous indices; in histories they are shifted by one so 0 is paddi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -244,6 +244,3 @@ class TwoTower(nn.Module):
                  for s in range(0, self.config.n_items, batch_size)]
         self.train(was_training)
         return torch.cat(parts)
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
