@@ -201,11 +201,13 @@ def test_eval_batch_history_exclude_and_targets(data, part):
     for i, m in enumerate(members):
         recent = sorted(seen[m], key=lambda item: time_of(m, item))[-MAX_HISTORY:]
         assert batch["history"][i].tolist() == [0] * (MAX_HISTORY - len(recent)) + [item - 9 for item in recent]
-        last = recent[-1]
-        age = [0.0] * (MAX_HISTORY - len(recent)) + [(time_of(m, last) - time_of(m, item)) / DAY for item in recent]
+        # Sequential mode: the request is the first held-out view (its time and device), as
+        # in training; a member with nothing held out falls back to the latest seen view.
+        ref = min(held_out[m], key=lambda item: time_of(m, item)) if held_out[m] else recent[-1]
+        age = [0.0] * (MAX_HISTORY - len(recent)) + [(time_of(m, ref) - time_of(m, item)) / DAY for item in recent]
         assert batch["history_age_days"][i].tolist() == pytest.approx(age)
-        assert batch["hour"][i].item() == view(m, last)[2] + 1
-        assert batch["device"][i].item() == DEVICE_CODE[view(m, last)[4]]
+        assert batch["hour"][i].item() == view(m, ref)[2] + 1
+        assert batch["device"][i].item() == DEVICE_CODE[view(m, ref)[4]]
         assert padded_set(batch["exclude"][i]) == sorted(seen[m])
         assert padded_set(batch["targets"][i]) == sorted(held_out[m])
         assert batch["user_features"][i].tolist() == [COUNTRY_CODE[m]]

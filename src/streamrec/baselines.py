@@ -118,6 +118,19 @@ class EASE:
 BASELINES = {cls.name: cls for cls in (MostPopular, ItemKNN, EASE)}
 
 
+def ranking_inputs(data: "SplitData", part: str = "test"):
+    """What every model is evaluated against on ``part``, so all are scored the same way.
+
+    Returns the held-out matrix, the seen matrix to mask (train, plus validation when
+    ``part`` is test), training popularity of the seen part [n_items], and the genre
+    matrix (None when the catalogue has no genres).
+    """
+    seen = data.matrix(["train", "val"] if part == "test" else ["train"])
+    genres, _ = data.genre_matrix()
+    popularity = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
+    return data.matrix(part), seen, popularity, genres if genres.shape[1] else None
+
+
 def evaluate_baselines(
     data: "SplitData",
     models: dict[str, object],
@@ -136,19 +149,13 @@ def evaluate_baselines(
 
     from streamrec.evaluation import evaluate_ranking
 
-    seen_parts = ["train", "val"] if part == "test" else ["train"]
-    seen = data.matrix(seen_parts)
-    target = data.matrix(part)
-    popularity = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
-    genres, _ = data.genre_matrix()
+    target, seen, popularity, genres = ranking_inputs(data, part)
     rows = []
     for name, model in models.items():
         start = time.perf_counter()
         model.fit(seen)
         fitted = time.perf_counter()
-        metrics = evaluate_ranking(
-            model.score, target, exclude=seen, ks=ks, batch_size=batch_size,
-            item_popularity=popularity, item_genres=genres if genres.shape[1] else None,
-        )
+        metrics = evaluate_ranking(model.score, target, exclude=seen, ks=ks, batch_size=batch_size,
+                                   item_popularity=popularity, item_genres=genres)
         rows.append({"model": name, **metrics, "fit_s": fitted - start, "eval_s": time.perf_counter() - fitted})
     return pd.DataFrame(rows).set_index("model")

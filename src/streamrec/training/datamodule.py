@@ -178,11 +178,22 @@ class RetrievalDataModule(pl.LightningDataModule):
         hist = end[:, None] - self.max_history + np.arange(self.max_history)[None, :]
         valid = hist >= log.start[users][:, None]
         hist = np.where(valid, hist, 0)
+        # The request's moment: in sequential mode, as in training, the held-out view's own
+        # time and device (serving knows when and where a member asks); otherwise, and for
+        # members with nothing held out, the member's latest seen view.
         has_any = log.length[users] > 0
         last = np.where(has_any, end - 1, 0)
-        ref_time = np.where(has_any, log.time[last], 0.0)
+        ref_time = np.where(has_any, log.time[last] if len(log.item) else 0.0, 0.0)
+        ref_device = np.where(has_any, log.device[last] if len(log.item) else 0, 0)
+        target_log = self.targets[part]
+        if self.history_mode == "sequential" and len(target_log.item):
+            held = target_log.length[users] > 0
+            first = np.where(held, target_log.start[users], 0)
+            ref_time = np.where(held, target_log.time[first], ref_time)
+            ref_device = np.where(held, target_log.device[first], ref_device)
+            has_any = has_any | held
         batch = self._history_tensors(log, hist, valid, ref_time)
-        batch.update(_context(ref_time, np.where(has_any, log.device[last], 0), has_any & self.has_time))
+        batch.update(_context(ref_time, ref_device, has_any & self.has_time))
         batch["user_features"] = self.user_codes[users]
         batch["user"] = torch.from_numpy(users)
         if with_targets:

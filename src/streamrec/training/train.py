@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from streamrec.baselines import evaluate_baselines
+from streamrec.baselines import evaluate_baselines, ranking_inputs
 from streamrec.cli import build_dataset, markdown_table
 from streamrec.data import SplitData
 from streamrec.data.features import build_item_features
@@ -29,8 +29,12 @@ from streamrec.training.module import TwoTowerModule
 log = logging.getLogger(__name__)
 
 
-def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets: int, max_tokens: int):
-    """Data-derived model arguments and the content buffers of the catalogue."""
+def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets: int, max_tokens: int,
+                 use_hour: bool = True):
+    """Data-derived model sizes and the content buffers of the catalogue.
+
+    ``use_hour`` is the config's choice; the hour is used only if the data also has times.
+    """
     features = build_item_features(data.items, text_buckets=text_buckets, max_tokens=max_tokens)
     derived = {
         "n_items": data.n_items,
@@ -40,7 +44,7 @@ def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets:
         "max_history": datamodule.max_history,
         "user_feature_cardinalities": datamodule.user_spec.cardinalities,
         "n_devices": datamodule.n_devices,
-        "use_hour": datamodule.has_time,
+        "use_hour": use_hour and datamodule.has_time,
     }
     buffers = {
         "genres": features.genres, "year": features.year, "year_known": features.year_known,
@@ -77,15 +81,10 @@ def score_function(module: TwoTowerModule, datamodule: RetrievalDataModule, part
 def evaluate_model(module: TwoTowerModule, datamodule: RetrievalDataModule, ks: tuple[int, ...],
                    part: str = "test") -> dict[str, float]:
     """Full-ranking metrics of ``module`` on ``part`` with everything seen before masked."""
-    data = datamodule.data
-    seen = data.matrix(["train", "val"] if part == "test" else ["train"])
-    genres, _ = data.genre_matrix()
+    target, seen, popularity, genres = ranking_inputs(datamodule.data, part)
     with torch.inference_mode():
-        return evaluate_ranking(
-            score_function(module, datamodule, part), data.matrix(part), exclude=seen, ks=ks,
-            item_popularity=np.asarray(seen.sum(axis=0)).ravel().astype(np.int64),
-            item_genres=genres if genres.shape[1] else None,
-        )
+        return evaluate_ranking(score_function(module, datamodule, part), target, exclude=seen, ks=ks,
+                                item_popularity=popularity, item_genres=genres)
 
 
 def evaluate_cold_start(module: TwoTowerModule, datamodule: RetrievalDataModule, k: int = 20) -> pd.DataFrame:
@@ -143,7 +142,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
     # Passed after instantiation: Hydra would turn the SplitData dataclass into a config.
     datamodule: RetrievalDataModule = instantiate(cfg.datamodule, _partial_=True)(data=data)
-    derived, buffers, features = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens)
+    derived, buffers, features = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens,
+                                              use_hour=cfg.model.model_config.get("use_hour", True))
     model_config = {**OmegaConf.to_container(cfg.model.model_config, resolve=True), **derived}
     module: TwoTowerModule = instantiate(
         cfg.model, model_config=model_config, item_features=buffers,
