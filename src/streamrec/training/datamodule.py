@@ -124,6 +124,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         log = self.train_log
         pos = np.asarray(examples, dtype=np.int64)
         users = log.user[pos]
+        latest = log.start[users] + log.length[users] - 1  # each member's latest training view
         steps = np.arange(self.max_history)
         if self.history_mode == "sequential":
             hist = pos[:, None] - self.max_history + steps[None, :]
@@ -140,12 +141,12 @@ class RetrievalDataModule(pl.LightningDataModule):
             order = np.argsort(np.where(valid, log.time[hist], -np.inf), axis=1, kind="stable")
             hist = np.take_along_axis(hist, order, axis=1)
             valid = np.take_along_axis(valid, order, axis=1)
-            ref_time = log.time[log.start[users] + log.length[users] - 1]
+            ref_time = log.time[latest]
         hist = np.where(valid, hist, 0)
         batch = self._history_tensors(log, hist, valid, ref_time)
         # Context is the request's: the target view's own in sequential mode; in set mode the
         # target has no "moment", so it is the member's latest view, exactly as at evaluation.
-        context_row = pos if self.history_mode == "sequential" else log.start[users] + log.length[users] - 1
+        context_row = pos if self.history_mode == "sequential" else latest
         batch.update(_context(log.time[context_row], log.device[context_row], self.has_time))
         batch["user_features"] = self.user_codes[users]
         batch["target"] = torch.from_numpy(log.item[pos])
