@@ -22,6 +22,7 @@ from streamrec.baselines import evaluate_baselines, ranking_inputs
 from streamrec.cli import build_dataset, markdown_table
 from streamrec.data import SplitData
 from streamrec.data.features import build_item_features
+from streamrec.data.schema import atomic_write_text
 from streamrec.evaluation import evaluate_ranking
 from streamrec.training.datamodule import RetrievalDataModule
 from streamrec.training.module import TwoTowerModule
@@ -183,7 +184,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(output_dir / "test_metrics.csv")
-    (output_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
+    atomic_write_text(output_dir / "test_metrics.json", json.dumps(test_metrics, indent=2))
     if cold_table is not None:
         cold_table.to_csv(output_dir / "cold_start.csv")
     if best:
@@ -202,7 +203,5 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def _record_last_run(checkpoint_dir: Path, best: str, output_dir: Path) -> None:
     """``checkpoints/last_run.json`` names the best checkpoint of the latest run."""
-    from streamrec.data.schema import atomic_write_text
-
     record = {"best_checkpoint": str(Path(best).resolve()), "run_dir": str(output_dir.resolve())}
     atomic_write_text(checkpoint_dir / "last_run.json", json.dumps(record, indent=2))
