@@ -156,3 +156,36 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "world_size=2" in done.stdout + done.stderr or "GLOBAL_RANK: 1" in done.stdout + done.stderr
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+
+
+def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsys):
+    """train.py -> build_index.py -> Recommender: the served top-10 of test members equals the
+    model's own full-ranking top-10 used by evaluation."""
+    from streamrec.inference import Recommender
+    from streamrec.training.export import build_index
+    from streamrec.training.train import score_function
+
+    _, objects = train(make_cfg(tmp_path, TINY + ["eval.baselines={}"]))
+    manifest, built = build_index(make_cfg(tmp_path, ["index.tuning_queries=50"], config_name="build_index"))
+    artifact = tmp_path / "checkpoints" / "recommender"
+    assert "recall vs latency" in capsys.readouterr().out
+    assert manifest["index"]["factory"] == "Flat" and manifest["index"]["measured_recall"] == 1.0
+    recommender = Recommender.load(artifact)
+
+    data, datamodule = objects["data"], objects["datamodule"]
+    seen = pd.concat([data.train, data.val]).sort_values(["user", "timestamp"], kind="stable")
+    users = datamodule.eval_users("test")[:20]
+    scores = score_function(objects["module"], datamodule, "test")(torch.from_numpy(users))
+    raw_items = data.item_map.raw_ids
+    member_features = data.users.set_index("user_id")
+    for user, row in zip(users, scores):
+        views = seen[seen["user"] == user]
+        row[torch.from_numpy(views["item"].to_numpy().copy())] = float("-inf")
+        expected = raw_items[torch.topk(row, 10).indices.numpy()].tolist()
+        features = member_features.loc[data.user_map.to_raw([user])[0]].to_dict()
+        served = recommender.recommend(
+            raw_items[views["item"].to_numpy()].tolist(), k=10, timestamps=views["timestamp"].tolist(),
+            watch_fractions=views["watch_fraction"].tolist(), device=views["device"].iloc[-1],
+            member_features=features,
+        )
+        assert served.item_ids == expected

@@ -54,8 +54,10 @@ def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets:
     return derived, buffers, features
 
 
-def data_spec(data: SplitData, datamodule: RetrievalDataModule, features) -> dict[str, Any]:
-    """Raw-id maps and feature vocabularies a checkpoint needs to serve raw ids."""
+def data_spec(data: SplitData, datamodule: RetrievalDataModule, features,
+              data_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Raw-id maps and feature vocabularies a checkpoint needs to serve raw ids, and the
+    data config that rebuilds its catalogue (for ``scripts/build_index.py``)."""
     spec = datamodule.user_spec
     return {
         "item_map": data.item_map.to_dict(),
@@ -63,6 +65,7 @@ def data_spec(data: SplitData, datamodule: RetrievalDataModule, features) -> dic
         "user_features": {"columns": spec.columns, "vocabularies": spec.vocabularies, "edges": spec.edges},
         "device_vocab": datamodule.device_vocab,
         "history_mode": datamodule.history_mode,
+        "data_config": data_config,
     }
 
 
@@ -150,7 +153,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         cfg.model, model_config=model_config, item_features=buffers,
         item_probability=datamodule.item_probability(), _convert_="all",
     )
-    module.data_spec = data_spec(data, datamodule, features)
+    module.data_spec = data_spec(data, datamodule, features, OmegaConf.to_container(cfg.data, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,208 @@
+"""FAISS indexes over item vectors: choose, build, tune and measure.
+
+The metric is always inner product, the score the two-tower model is trained with
+(vectors are L2-normalised by the model when it is configured so, making it cosine).
+Row ``i`` of the item vectors is FAISS id ``i``; every index takes explicit ids so titles
+added later get the next rows.
+
+Search parameters (``nprobe`` for IVF, ``efSearch`` for HNSW) are tuned against exact
+search on held-out queries: the smallest value that reaches the target recall@K wins.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+METRIC = faiss.METRIC_INNER_PRODUCT
+FLAT_MAX_ITEMS = 50_000  # below this an exact scan of a query costs < ~0.5 ms on one core
+IVF_TRAIN_POINTS_PER_LIST = 40  # FAISS warns below 39 training points per centroid
+IVF_TRAIN_ITERATIONS = 10  # k-means iterations; recall is insensitive beyond ~10 at this size
+_CANDIDATES = {
+    "nprobe": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
+    "efSearch": [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
+}
+
+
+def auto_factory(n_items: int) -> str:
+    """The FAISS wiki's advice by catalogue size ("Guidelines to choose an index").
+
+    Exact ``Flat`` for small catalogues; ``IVF{K},Flat`` with K ~ 4·sqrt(N) (a power of
+    two) up to 10M vectors; an HNSW coarse quantizer above that, where a flat one with
+    65,536 centroids would dominate the search time.
+    """
+    if n_items < 1:
+        raise ValueError(f"n_items={n_items}: an index needs at least one vector.")
+    if n_items <= FLAT_MAX_ITEMS:
+        return "Flat"
+    if n_items <= 10_000_000:
+        lists = 2 ** round(math.log2(4 * math.sqrt(n_items)))
+        return f"IVF{lists},Flat"
+    return "IVF65536_HNSW32,Flat"
+
+
+def search_parameter(index: faiss.Index) -> str | None:
+    """Name of the speed/recall knob of ``index``: ``nprobe``, ``efSearch`` or None (exact)."""
+    inner = _unwrap(index)
+    if faiss.try_extract_index_ivf(inner) is not None:
+        return "nprobe"
+    if isinstance(inner, faiss.IndexHNSW):
+        return "efSearch"
+    return None
+
+
+def set_search_parameter(index: faiss.Index, value: int | None) -> None:
+    name = search_parameter(index)
+    if name is not None and value is not None:
+        faiss.ParameterSpace().set_index_parameter(index, name, int(value))
+
+
+def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progress: bool = True,
+                chunk: int = 65536) -> faiss.Index:
+    """An inner-product index over ``vectors`` [N, d] float32, ids ``0..N-1``.
+
+    IVF quantizers are trained on a random sample of ``40 x lists`` vectors.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    factory = auto_factory(n) if factory == "auto" else factory
+    try:
+        index = faiss.index_factory(d, factory, METRIC)
+    except RuntimeError as error:
+        raise ValueError(f"index factory string {factory!r} is not valid for FAISS: {error}. "
+                         "Examples: 'Flat', 'IVF1024,Flat', 'HNSW32', 'IVF4096,PQ32'.") from error
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        index = faiss.IndexIDMap2(index)  # Flat / HNSW store rows in order: map them to our ids
+    if not index.is_trained:
+        points = min(n, IVF_TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 256))
+        if ivf is not None:
+            if n < ivf.nlist:
+                raise ValueError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}; "
+                                 "use fewer lists or factory='auto'.")
+            ivf.cp.niter = IVF_TRAIN_ITERATIONS
+            ivf.cp.seed = seed
+        sample = np.random.default_rng(seed).choice(n, size=points, replace=False) if points < n else slice(None)
+        index.train(vectors[sample])
+    with tqdm(total=n, desc=f"indexing ({factory})", unit="items", disable=not progress) as bar:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            index.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
+            bar.update(stop - start)
+    return index
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids [Q, k] of the exact inner-product top-k."""
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of the exact top-k ids ``truth`` [Q, k] present in ``found`` [Q, k']."""
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth))
+    return hits / truth.size
+
+
+@dataclass
+class SweepPoint:
+    value: int | None  # the search parameter (None for an exact index)
+    recall: float  # recall@k against exact search
+    p50_ms: float  # one query at a time, one thread
+    p99_ms: float
+
+
+def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: int | None,
+            timed_queries: int = 200) -> SweepPoint:
+    """Recall of ``index`` at search parameter ``value``, and single-query latency."""
+    set_search_parameter(index, value)
+    k = truth.shape[1]
+    found = index.search(queries, k)[1]
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        times = []
+        for q in queries[:timed_queries]:
+            start = time.perf_counter()
+            index.search(q[None], k)
+            times.append(time.perf_counter() - start)
+    finally:
+        faiss.omp_set_num_threads(previous)
+    times_ms = np.array(times) * 1e3
+    return SweepPoint(value, recall(found, truth), float(np.percentile(times_ms, 50)),
+                      float(np.percentile(times_ms, 99)))
+
+
+def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
+         target_recall: float = 0.95) -> tuple[int | None, float, list[SweepPoint]]:
+    """Smallest search parameter reaching ``target_recall`` @k on ``queries`` [Q, d].
+
+    Returns (value, its recall, the whole sweep). Exact indexes return (None, 1.0, [point]).
+    The sweep continues a few values past the target so the recall-latency curve shows the
+    trade-off; if no value reaches the target, the best one is returned.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    truth = exact_search(vectors, queries, min(k, len(vectors)))
+    name = search_parameter(index)
+    if name is None:
+        point = measure(index, queries, truth, None)
+        return None, point.recall, [point]
+    ivf = faiss.try_extract_index_ivf(_unwrap(index))
+    candidates = [v for v in _CANDIDATES[name] if ivf is None or v <= ivf.nlist]
+    sweep: list[SweepPoint] = []
+    chosen: SweepPoint | None = None
+    past_target = 0
+    for value in candidates:
+        point = measure(index, queries, truth, value)
+        sweep.append(point)
+        if chosen is None and point.recall >= target_recall:
+            chosen = point
+        if chosen is not None:
+            past_target += 1
+            if past_target > 3 or point.recall >= 0.9999:
+                break
+    if chosen is None:
+        chosen = max(sweep, key=lambda p: p.recall)
+    set_search_parameter(index, chosen.value)
+    return chosen.value, chosen.recall, sweep
+
+
+def plot_sweep(sweep: list[SweepPoint], parameter: str | None, chosen: int | None, path: str | Path,
+               title: str = "") -> None:
+    """Recall@k against single-query latency, one point per search-parameter value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p.p50_ms for p in sweep], [p.recall for p in sweep], marker="o")
+    for p in sweep:
+        label = f"{parameter}={p.value}" if parameter else "exact"
+        ax.annotate(label, (p.p50_ms, p.recall), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                    fontweight="bold" if p.value == chosen else "normal")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per query (ms, 1 thread)")
+    ax.set_ylabel("recall@k vs exact search")
+    ax.set_title(title or "recall vs latency")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep_records(sweep: list[SweepPoint]) -> list[dict]:
+    return [asdict(p) for p in sweep]
+
+
+def _unwrap(index: faiss.Index) -> faiss.Index:
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)

@@ -1,0 +1,114 @@
+"""The serving artifact: one self-describing directory, written atomically, verified on load.
+
+Layout (every file listed with its sha256 in ``manifest.json``)::
+
+    manifest.json        format version, library versions, model constructor arguments,
+                         dimension, metric, normalisation, index factory and search
+                         parameter, measured recall, feature vocabularies, checksums
+    query_tower.pt       query-tower state dict (torch.load(weights_only=True))
+    item_tower.pt        item-tower content path (embeds new titles; no id embedding)
+    item_vectors.npy     [n_items, d] float32, row i = FAISS id i
+    index.faiss          the FAISS index (inner product)
+    items.parquet        row i: item_id (the id map), metadata, training popularity
+    recall_latency.png   recall@k vs latency over the search-parameter sweep
+
+Nothing here unpickles code: JSON, numpy ``.npy`` without pickle, parquet, FAISS's own
+format and ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+FORMAT_NAME = "streamrec-retrieval"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, corrupted or incompatible artifact file (the message names the file)."""
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any]],
+                   overwrite: bool = True) -> dict[str, Any]:
+    """Create the artifact directory ``path`` atomically.
+
+    ``write_files(tmp)`` writes every file into the temporary directory ``tmp`` and returns
+    the manifest (without ``files``); checksums are added here. The directory appears under
+    ``path`` only when complete: a failed build leaves any previous artifact untouched.
+    Returns the manifest as written.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (index.overwrite=true) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        manifest = write_files(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)
+        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest,
+                    "files": {name: sha256(tmp / name) for name in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        _fsync_dir(tmp)
+        if path.exists():
+            # Swap: the old bundle is moved aside first, so `path` is never half written.
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest of artifact ``path``, after checking format and (``verify``) checksums."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no artifact directory here. Build one with `python scripts/build_index.py`.")
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{manifest_path}: missing; the directory is not a streamrec artifact.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{manifest_path}: corrupted ({error}); rebuild the artifact.") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}.")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format version {version} but this streamrec reads version {FORMAT_VERSION}; "
+            "rebuild the artifact with this version's `scripts/build_index.py` or install the matching streamrec."
+        )
+    if verify:
+        for name, expected in manifest.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise ArtifactError(f"{file}: missing from the artifact (listed in {MANIFEST}).")
+            actual = sha256(file)
+            if actual != expected:
+                raise ArtifactError(f"{file}: checksum mismatch (sha256 {actual[:12]}…, manifest says "
+                                    f"{expected[:12]}…): the file was changed or corrupted; rebuild the artifact.")
+    return manifest
+
+
+def _fsync_dir(directory: Path) -> None:
+    for file in directory.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())

@@ -1,0 +1,672 @@
+"""``Recommender``: load an artifact directory, answer "what should this member watch next".
+
+The query tower turns a member's recent history (raw item ids, optionally with view times,
+watch fractions, member features and the request's device) into a vector; the FAISS
+index finds the titles with the highest inner product. Titles already watched are
+excluded, optional metadata filters and an MMR diversity knob re-shape the list, and an
+empty history falls back to the most popular titles.
+
+Concurrency: any number of threads may call the read methods at once. ``add_items`` and
+``remove_items`` build a new catalogue snapshot (index copy included) under a lock and
+swap it in, so a reader always sees one consistent catalogue and never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from streamrec.data.features import build_item_features
+from streamrec.index.faiss_index import set_search_parameter
+from streamrec.inference.artifact import ArtifactError, read_manifest
+from streamrec.inference.items import ItemTable
+from streamrec.models.two_tower import ItemTower, QueryTower, TwoTowerConfig
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86400.0
+EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
+MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
+
+
+class UnknownItemsError(ValueError):
+    """Raised in strict mode when a history names titles that are not in the catalogue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended title: its raw id, score (inner product, or training views for the
+    popularity fallback) and metadata (title, genres, year, popularity, ...)."""
+
+    item_id: Any
+    score: float
+    metadata: dict[str, Any]
+
+    @property
+    def title(self) -> str | None:
+        return self.metadata.get("title")
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendations(Sequence):
+    """A ranked list of :class:`Recommendation` plus how it was made.
+
+    ``unknown_ids``: history ids skipped because the catalogue does not have them.
+    ``source``: ``model`` or ``popularity`` (empty or all-unknown history).
+    """
+
+    items: tuple[Recommendation, ...]
+    unknown_ids: tuple[Any, ...] = ()
+    source: str = "model"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.items[i]
+
+    def __iter__(self) -> Iterator[Recommendation]:
+        return iter(self.items)
+
+    @property
+    def item_ids(self) -> list[Any]:
+        return [r.item_id for r in self.items]
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """One consistent state of the servable titles; replaced whole, never mutated."""
+
+    index: faiss.Index
+    vectors: np.ndarray  # [rows, d]; row i = FAISS id i (removed rows stay, inactive)
+    item_ids: np.ndarray  # [rows] raw id of each row
+    rows: dict[Any, int]  # raw id -> row, active titles only
+    active: np.ndarray  # [rows] bool
+    tombstones: frozenset[int]  # removed rows the index could not delete (HNSW)
+    table: ItemTable  # metadata per row
+    popular: np.ndarray  # active rows, most training views first
+    popularity: np.ndarray  # [rows] training views
+    masks: dict = field(default_factory=dict)  # filter cache: (column, values) -> [rows] bool
+
+
+@dataclass
+class _Request:
+    seen: list[int]  # catalogue rows of the history (to exclude)
+    unknown: list[Any]
+    rows: list[int]  # the history the query tower reads: titles it was trained with, in time order
+    watch: list[float]
+    times: list[float] | None
+    now: float | None
+    features: Mapping[str, Any] | None
+    device: Any
+
+
+class Recommender:
+    """Serve a trained two-tower model from an artifact directory. Build with :meth:`load`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], query_tower: QueryTower, item_tower: ItemTower,
+                 catalogue: _Catalogue, threads: int):
+        self.path = path
+        self.manifest = manifest
+        self.config = TwoTowerConfig(**manifest["model"])
+        self.query_tower = query_tower
+        self.item_tower = item_tower
+        self.threads = threads
+        self._catalogue = catalogue
+        self._write_lock = threading.Lock()
+        spec = manifest["data"]
+        self._id_kind = spec["item_id_kind"]
+        self._device_codes = {d: i + 1 for i, d in enumerate(spec["device_vocab"])}
+        users = spec["user_features"]
+        self._feature_codes = {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in users["vocabularies"].items()}
+        self._feature_edges = {c: np.asarray(e, dtype=np.float64) for c, e in users["edges"].items()}
+        self._feature_columns = users["columns"]
+        self._item_encoder = spec["item_features"]
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True, threads: int | None = None) -> "Recommender":
+        """Rebuild everything from the artifact directory ``path`` alone.
+
+        Args:
+            verify: check every file's sha256 against the manifest (a mismatch raises
+                :class:`ArtifactError` naming the file).
+            threads: OpenMP threads for batch searches (default: all cores). Single
+                ``recommend`` calls always search on the calling thread only, so many
+                concurrent callers do not oversubscribe the cores.
+        """
+        path = Path(path)
+        manifest = read_manifest(path, verify=verify)
+        try:
+            config = TwoTowerConfig(**manifest["model"])
+            query_tower = _load_module(path / "query_tower.pt", lambda: QueryTower(config))
+            item_config = TwoTowerConfig(**{**manifest["model"], "use_item_ids": False})
+            item_tower = _load_module(path / "item_tower.pt", lambda: ItemTower(item_config))
+            index = _read_index(path / "index.faiss")
+            set_search_parameter(index, manifest["index"]["search_value"])
+            vectors = _read_npy(path / "item_vectors.npy")
+            table = ItemTable.from_arrow(_read_parquet(path / "items.parquet"))
+        except KeyError as error:
+            raise ArtifactError(f"{path / 'manifest.json'}: missing field {error}; rebuild the artifact.") from None
+        item_ids = table.scalars.pop("item_id")
+        n = len(item_ids)
+        if vectors.shape != (n, config.dim) or index.ntotal != n:
+            raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
+                                f"items.parquet {n} rows disagree; rebuild the artifact.")
+        popularity = np.asarray(table.scalars.get("popularity", np.zeros(n)), dtype=np.float64)
+        catalogue = _Catalogue(
+            index=index, vectors=vectors, item_ids=item_ids, rows=dict(zip(item_ids.tolist(), range(n))),
+            active=np.ones(n, dtype=bool), tombstones=frozenset(), table=table,
+            popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
+        )
+        return cls(path, manifest, query_tower, item_tower, catalogue, threads or faiss.omp_get_max_threads())
+
+    # -- public API --------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        """Titles currently servable."""
+        return len(self._catalogue.rows)
+
+    def __contains__(self, item_id: Any) -> bool:
+        return item_id in self._catalogue.rows
+
+    def recommend(
+        self,
+        history: Sequence[Any],
+        k: int = 10,
+        *,
+        timestamps: Sequence[float] | None = None,
+        watch_fractions: Sequence[float] | None = None,
+        now: float | None = None,
+        member_features: Mapping[str, Any] | None = None,
+        device: Any = None,
+        exclude_seen: bool = True,
+        filters: Mapping[str, Iterable[Any]] | None = None,
+        diversity: float = 0.0,
+        strict: bool = False,
+    ) -> Recommendations:
+        """The ``k`` titles this member is most likely to watch next.
+
+        Args:
+            history: raw item ids the member watched, oldest first (or in any order with
+                ``timestamps``). Ids not in the catalogue are skipped and listed in
+                ``unknown_ids`` (``strict=True`` raises :class:`UnknownItemsError`).
+                Empty (or all unknown): the most popular titles (``source="popularity"``).
+            k: number of titles (>= 1).
+            timestamps: unix seconds of each view (same length as ``history``).
+            watch_fractions: share of each title watched, in [0, 1] (default 1).
+            now: unix seconds of the request, the reference for recency and hour of day
+                (default: the latest timestamp, as in training's evaluation).
+            member_features: member attributes the model was trained with (e.g.
+                ``{"age": 31, "country": "SE"}``); absent ones count as unknown.
+            device: the request's device (a value of the training data's device column).
+            exclude_seen: leave out titles in ``history``.
+            filters: metadata column -> allowed values, e.g. ``{"genres": ["Comedy"]}``;
+                a list column (genres) passes when any of its values is allowed.
+            diversity: 0 = pure relevance; up to 1 = maximal marginal relevance
+                re-ranking on item vectors (trades relevance for intra-list diversity).
+        """
+        _check_k(k)
+        _check_diversity(diversity)
+        catalogue = self._catalogue
+        request = self._request(history, catalogue, timestamps, watch_fractions, now, member_features, device,
+                                strict, "history")
+        mask = self._filter_mask(catalogue, filters)
+        if not request.rows:
+            return self._popular(catalogue, request, k, exclude_seen, mask)
+        query = self._queries([request])
+        faiss.omp_set_num_threads(1)  # per calling thread: concurrent callers share the cores
+        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else ()], mask, diversity)[0]
+        return self._result(catalogue, rows, scores, request.unknown, "model")
+
+    def recommend_batch(
+        self,
+        histories: Sequence[Sequence[Any]],
+        k: int = 10,
+        *,
+        timestamps: Sequence[Sequence[float] | None] | None = None,
+        watch_fractions: Sequence[Sequence[float] | None] | None = None,
+        now: Sequence[float | None] | float | None = None,
+        member_features: Sequence[Mapping[str, Any] | None] | None = None,
+        devices: Sequence[Any] | None = None,
+        exclude_seen: bool = True,
+        filters: Mapping[str, Iterable[Any]] | None = None,
+        diversity: float = 0.0,
+        strict: bool = False,
+    ) -> list[Recommendations]:
+        """:meth:`recommend` for many members at once (one tower pass, one index search).
+
+        Per-member arguments are sequences parallel to ``histories`` (``now`` may also be
+        one value for all).
+        """
+        _check_k(k)
+        _check_diversity(diversity)
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
+            raise ValueError("histories: expected a list of histories (one list of item ids per member).")
+        b = len(histories)
+        per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
+                      "devices": devices, "now": now if isinstance(now, Sequence) else None}
+        for name, values in per_member.items():
+            if values is not None and len(values) != b:
+                raise ValueError(f"{name}: {len(values)} entries for {b} histories; give one per member.")
+        catalogue = self._catalogue
+        requests = [
+            self._request(
+                histories[i], catalogue, timestamps[i] if timestamps is not None else None,
+                watch_fractions[i] if watch_fractions is not None else None,
+                now[i] if isinstance(now, Sequence) else now,
+                member_features[i] if member_features is not None else None,
+                devices[i] if devices is not None else None, strict, f"histories[{i}]",
+            )
+            for i in range(b)
+        ]
+        mask = self._filter_mask(catalogue, filters)
+        results: list[Recommendations | None] = [None] * b
+        modelled = [i for i, r in enumerate(requests) if r.rows]
+        if modelled:
+            queries = self._queries([requests[i] for i in modelled])
+            faiss.omp_set_num_threads(self.threads)
+            found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else () for i in modelled],
+                                 mask, diversity)
+            for i, (rows, scores) in zip(modelled, found):
+                results[i] = self._result(catalogue, rows, scores, requests[i].unknown, "model")
+        for i, request in enumerate(requests):
+            if results[i] is None:
+                results[i] = self._popular(catalogue, request, k, exclude_seen, mask)
+        return results  # type: ignore[return-value]
+
+    def similar_items(self, item_id: Any, k: int = 10, *, filters: Mapping[str, Iterable[Any]] | None = None,
+                      diversity: float = 0.0) -> Recommendations:
+        """Titles closest to ``item_id`` by item vector ("because you watched ...")."""
+        _check_k(k)
+        _check_diversity(diversity)
+        catalogue = self._catalogue
+        self._check_id(item_id, "item_id")
+        row = catalogue.rows.get(item_id)
+        if row is None:
+            raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
+        faiss.omp_set_num_threads(1)
+        mask = self._filter_mask(catalogue, filters)
+        rows, scores = self._search(catalogue, catalogue.vectors[row][None], k, [[row]], mask, diversity)[0]
+        return self._result(catalogue, rows, scores, [], "model")
+
+    def add_items(self, items: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Embed new titles from their content and make them recommendable at once.
+
+        ``items`` has an ``item_id`` column plus whatever content the model uses
+        (``genres`` list, ``year``, ``title``, ``text``) and any metadata to return.
+        Returns the added ids. Ids already in the catalogue raise ``ValueError``.
+        """
+        frame = pd.DataFrame(list(items)) if not isinstance(items, pd.DataFrame) else items.reset_index(drop=True)
+        if "item_id" not in frame.columns:
+            raise ValueError("items: an 'item_id' column is required.")
+        ids = frame["item_id"].tolist()
+        for i, item_id in enumerate(ids):
+            self._check_id(item_id, f"items.item_id[{i}]")
+        if len(set(ids)) != len(ids):
+            raise ValueError("items: duplicate item_id values.")
+        vectors = self._embed(frame)
+        with self._write_lock:
+            old = self._catalogue
+            present = [i for i in ids if i in old.rows]
+            if present:
+                raise ValueError(f"items: ids already in the catalogue: {present[:10]}; remove_items them first "
+                                 "to replace them.")
+            start = len(old.item_ids)
+            new_rows = np.arange(start, start + len(ids), dtype=np.int64)
+            index = faiss.clone_index(old.index)
+            index.add_with_ids(vectors, new_rows)
+            set_search_parameter(index, self.manifest["index"]["search_value"])
+            metadata = frame.drop(columns=["item_id"]).assign(popularity=0)
+            rows = dict(old.rows)
+            rows.update(zip(ids, new_rows.tolist()))
+            self._catalogue = _Catalogue(
+                index=index, vectors=np.concatenate([old.vectors, vectors]),
+                item_ids=np.concatenate([old.item_ids, np.asarray(ids, dtype=old.item_ids.dtype)]),
+                rows=rows, active=np.concatenate([old.active, np.ones(len(ids), dtype=bool)]),
+                tombstones=old.tombstones, table=old.table.append(ItemTable.from_frame(metadata)),
+                popular=np.concatenate([old.popular, new_rows]),
+                popularity=np.concatenate([old.popularity, np.zeros(len(ids))]),
+            )
+        log.info("added %d titles", len(ids))
+        return ids
+
+    def remove_items(self, item_ids: Iterable[Any]) -> None:
+        """Stop recommending ``item_ids`` (unknown ids raise ``ValueError``)."""
+        item_ids = list(item_ids)
+        with self._write_lock:
+            old = self._catalogue
+            missing = [i for i in item_ids if i not in old.rows]
+            if missing:
+                raise UnknownItemsError(f"item_ids: not in the catalogue: {missing[:10]}.")
+            rows = np.array([old.rows[i] for i in item_ids], dtype=np.int64)
+            index = faiss.clone_index(old.index)
+            tombstones = old.tombstones
+            try:
+                index.remove_ids(rows)
+            except RuntimeError:  # HNSW cannot delete: keep the vectors, filter them out
+                tombstones = tombstones | frozenset(rows.tolist())
+            set_search_parameter(index, self.manifest["index"]["search_value"])
+            active = old.active.copy()
+            active[rows] = False
+            remaining = dict(old.rows)
+            for i in item_ids:
+                del remaining[i]
+            self._catalogue = _Catalogue(
+                index=index, vectors=old.vectors, item_ids=old.item_ids, rows=remaining, active=active,
+                tombstones=tombstones, table=old.table, popular=old.popular[active[old.popular]],
+                popularity=old.popularity,
+            )
+
+    def query_vectors(self, histories: Sequence[Sequence[Any]], **kwargs: Any) -> np.ndarray:
+        """Query-tower vectors [B, d] for ``histories`` (same arguments as recommend_batch)."""
+        catalogue = self._catalogue
+        requests = [self._request(h, catalogue, None, None, kwargs.get("now"), None, None, False, f"histories[{i}]")
+                    for i, h in enumerate(histories)]
+        return self._queries(requests)
+
+    # -- request encoding ----------------------------------------------------------------
+    def _check_id(self, item_id: Any, name: str) -> None:
+        if self._id_kind == "int":
+            if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
+                raise ValueError(f"{name}: item ids of this catalogue are integers, got {item_id!r} "
+                                 f"({type(item_id).__name__}).")
+        elif not isinstance(item_id, str):
+            raise ValueError(f"{name}: item ids of this catalogue are strings, got {item_id!r} "
+                             f"({type(item_id).__name__}).")
+
+    def _request(self, history: Sequence[Any], catalogue: _Catalogue, timestamps, watch_fractions, now,
+                 member_features, device, strict: bool, name: str) -> _Request:
+        if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+            raise ValueError(f"{name}: expected a sequence of item ids, got {type(history).__name__}.")
+        n = len(history)
+        times = _numbers(timestamps, n, "timestamps", name) if timestamps is not None else None
+        watch = _numbers(watch_fractions, n, "watch_fractions", name) if watch_fractions is not None else None
+        if watch is not None and any(w < 0 or w > 1 for w in watch):
+            raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
+        if now is not None and (not isinstance(now, (int, float, np.number)) or math.isnan(now)):
+            raise ValueError(f"now: expected unix seconds, got {now!r}.")
+        rows, kept, unknown = [], [], []
+        lookup = catalogue.rows
+        for position, item_id in enumerate(history):
+            self._check_id(item_id, f"{name}[{position}]")
+            row = lookup.get(item_id)
+            if row is None:
+                unknown.append(item_id)
+            else:
+                rows.append(row)
+                kept.append(position)
+        if unknown:
+            if strict:
+                raise UnknownItemsError(f"{name}: ids not in the catalogue: {unknown[:10]} (strict mode).")
+            log.debug("%s: skipped %d unknown ids", name, len(unknown))
+        if times is not None and kept and any(times[a] > times[b] for a, b in zip(kept, kept[1:])):
+            order = sorted(range(len(kept)), key=lambda j: times[kept[j]])
+            kept, rows = [kept[j] for j in order], [rows[j] for j in order]
+        if member_features is not None:
+            self._check_features(member_features)
+        seen = rows
+        # Titles added after training have no history embedding: excluded, but not read.
+        trained = self.config.n_items
+        if any(row >= trained for row in rows):
+            pairs = [(p, r) for p, r in zip(kept, rows) if r < trained]
+            kept, rows = [p for p, _ in pairs], [r for _, r in pairs]
+        return _Request(
+            seen=seen, unknown=unknown, rows=rows,
+            watch=[watch[p] for p in kept] if watch is not None else [1.0] * len(kept),
+            times=[times[p] for p in kept] if times is not None else None,
+            now=now, features=member_features, device=device,
+        )
+
+    def _check_features(self, features: Mapping[str, Any]) -> None:
+        if not isinstance(features, Mapping):
+            raise ValueError(f"member_features: expected a mapping of feature -> value, got {type(features).__name__}.")
+        for key, value in features.items():
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"member_features[{key!r}] is NaN; leave the feature out when it is unknown.")
+
+    def _queries(self, requests: list[_Request]) -> np.ndarray:
+        """Query-tower vectors [B, d] float32."""
+        config = self.config
+        b, length = len(requests), config.max_history
+        history = np.zeros((b, length), dtype=np.int64)
+        watch = np.zeros((b, length), dtype=np.float32)
+        age = np.zeros((b, length), dtype=np.float32)
+        hour = np.zeros(b, dtype=np.int64)
+        for i, r in enumerate(requests):
+            rows = r.rows[-length:]
+            m = len(rows)
+            history[i, length - m:] = np.asarray(rows) + 1
+            watch[i, length - m:] = r.watch[-length:]
+            reference = r.now if r.now is not None else (max(r.times) if r.times else None)
+            if reference is not None:
+                if r.times:
+                    age[i, length - m:] = np.maximum(reference - np.asarray(r.times[-length:]), 0) / SECONDS_PER_DAY
+                hour[i] = int(reference // 3600) % 24 + 1
+        batch = {"history": history, "history_watch": watch, "history_age_days": age}
+        if config.user_feature_cardinalities:
+            batch["user_features"] = np.array([self._encode_features(r.features) for r in requests], dtype=np.int64)
+        if config.n_devices:
+            batch["device"] = np.array([self._device_codes.get(str(r.device), 0) if r.device is not None else 0
+                                        for r in requests], dtype=np.int64)
+        if config.use_hour:
+            batch["hour"] = hour
+        with torch.inference_mode():
+            tensors = {key: torch.from_numpy(value) for key, value in batch.items()}
+            out = self.query_tower(tensors["history"], tensors["history_watch"], tensors["history_age_days"],
+                                   tensors.get("user_features"), tensors.get("device"), tensors.get("hour"))
+        return out.numpy()
+
+    def _encode_features(self, features: Mapping[str, Any] | None) -> list[int]:
+        codes = []
+        for column in self._feature_columns:
+            value = features.get(column) if features else None
+            if value is None:
+                codes.append(0)
+            elif column in self._feature_edges:
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"member_features[{column!r}]: expected a number, got {value!r}.") from None
+                codes.append(int(np.searchsorted(self._feature_edges[column], number, side="right")) + 1)
+            else:
+                codes.append(self._feature_codes[column].get(str(value), 0))
+        return codes
+
+    # -- search --------------------------------------------------------------------------
+    def _filter_mask(self, catalogue: _Catalogue, filters: Mapping[str, Iterable[Any]] | None) -> np.ndarray | None:
+        if not filters:
+            return None
+        if not isinstance(filters, Mapping):
+            raise ValueError("filters: expected a mapping of metadata column -> allowed values.")
+        mask = None
+        for column, allowed in filters.items():
+            if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable):
+                raise ValueError(f"filters[{column!r}]: expected a list of allowed values, got {allowed!r}.")
+            key = (column, frozenset(allowed))
+            part = catalogue.masks.get(key)
+            if part is None:
+                part = catalogue.table.mask(column, key[1])
+                catalogue.masks[key] = part
+            mask = part if mask is None else mask & part
+        return mask
+
+    def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[Sequence[int]],
+                mask: np.ndarray | None, diversity: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top rows and scores per query, after exclusions, filters and MMR."""
+        pool = max(MMR_POOL * k, 50) if diversity > 0 else k
+        allowed_share = 1.0 if mask is None else max(mask[catalogue.active].mean() if catalogue.active.any() else 0, 1e-9)
+        hidden = max((len(e) for e in excludes), default=0) + len(catalogue.tombstones)
+        # Ask for enough extra results to survive exclusions and filters (each filter keeps a
+        # share `allowed_share` of titles); fall back to an exact scan if that was not enough.
+        wanted = math.ceil((pool + hidden) / allowed_share * (1.2 if mask is not None else 1.0))
+        ntotal = catalogue.index.ntotal
+        results = []
+        exact = mask is not None and int(mask.sum()) <= EXACT_SEARCH_MAX_ROWS
+        if not exact and ntotal:
+            scores, labels = catalogue.index.search(queries, min(wanted, ntotal))
+        for i, query in enumerate(queries):
+            excluded = set(excludes[i])
+            if exact:
+                rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
+            else:
+                keep = [j for j, row in enumerate(labels[i])
+                        if row >= 0 and row not in excluded and row not in catalogue.tombstones
+                        and (mask is None or mask[row])][:pool]
+                rows, row_scores = labels[i][keep], scores[i][keep]
+                if len(rows) < pool:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
+                    rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
+            if diversity > 0:
+                rows, row_scores = _mmr(catalogue.vectors, rows, row_scores, k, diversity)
+            results.append((rows[:k], row_scores[:k]))
+        return results
+
+    def _exact(self, catalogue: _Catalogue, query: np.ndarray, k: int, excluded: set[int],
+               mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        allowed = catalogue.active.copy()
+        if mask is not None:
+            allowed &= mask
+        if excluded:
+            allowed[list(excluded)] = False
+        rows = np.flatnonzero(allowed)
+        scores = catalogue.vectors[rows] @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return rows[top], scores[top]
+
+    def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
+                 mask: np.ndarray | None) -> Recommendations:
+        seen = set(request.seen) if exclude_seen else set()
+        rows = []
+        for row in catalogue.popular:
+            if row in seen or (mask is not None and not mask[row]):
+                continue
+            rows.append(row)
+            if len(rows) == k:
+                break
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
+
+    def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
+                source: str) -> Recommendations:
+        ids = catalogue.item_ids
+        table = catalogue.table
+        items = tuple(Recommendation(_plain(ids[row]), float(score), table.row(row))
+                      for row, score in zip(rows.tolist(), scores.tolist()))
+        return Recommendations(items, tuple(unknown), source)
+
+    # -- new titles ------------------------------------------------------------------------
+    def _embed(self, frame: pd.DataFrame) -> np.ndarray:
+        encoder = self._item_encoder
+        for column in ("year",):
+            if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").isna().any():
+                bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()].tolist()
+                if any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in bad):
+                    raise ValueError(f"items.{column}: non-numeric values {bad[:5]}.")
+        features = build_item_features(frame, genre_vocab=encoder["genre_vocab"], year_mean=encoder["year_mean"],
+                                       year_std=encoder["year_std"], text_buckets=encoder["text_buckets"],
+                                       max_tokens=encoder["max_tokens"])
+        with torch.inference_mode():
+            content = self.item_tower.content(features.genres, features.year, features.year_known, features.tokens)
+            vectors = self.item_tower.encode(content, None, None)
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k: expected a positive integer, got {k!r}.")
+
+
+def _check_diversity(diversity: Any) -> None:
+    if not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"diversity: expected a number in [0, 1], got {diversity!r}.")
+
+
+def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[float]:
+    if len(values) != n:
+        raise ValueError(f"{what} ({name}): {len(values)} values for {n} history items; give one per item.")
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} ({name}): expected numbers, got {list(values)[:5]}.") from None
+    for position, v in enumerate(numbers):
+        if math.isnan(v):
+            raise ValueError(f"{what} ({name})[{position}] is NaN.")
+    return numbers
+
+
+def _mmr(vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int,
+         diversity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Maximal marginal relevance: greedily pick argmax (1-λ)·score − λ·max similarity to picks."""
+    if len(rows) <= 1:
+        return rows, scores
+    candidates = vectors[rows]
+    similarity = candidates @ candidates.T
+    chosen = [int(np.argmax(scores))]
+    closest = similarity[chosen[0]].copy()
+    available = np.ones(len(rows), dtype=bool)
+    available[chosen[0]] = False
+    while len(chosen) < min(k, len(rows)):
+        value = np.where(available, (1 - diversity) * scores - diversity * closest, -np.inf)
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        available[pick] = False
+        np.maximum(closest, similarity[pick], out=closest)
+    return rows[chosen], scores[chosen]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _load_module(path: Path, build) -> torch.nn.Module:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing from the artifact.") from None
+    except Exception as error:  # torch raises several types for a corrupted file
+        raise ArtifactError(f"{path}: cannot be read as weights ({error}).") from None
+    with torch.device("meta"):
+        module = build()
+    try:
+        module.load_state_dict(state, assign=True)
+    except RuntimeError as error:
+        raise ArtifactError(f"{path}: weights do not match the manifest's model arguments ({error}).") from None
+    return module.eval()
+
+
+def _read_index(path: Path) -> faiss.Index:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing from the artifact.")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise ArtifactError(f"{path}: not a readable FAISS index ({str(error).splitlines()[0]}).") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing from the artifact.") from None
+    except ValueError as error:
+        raise ArtifactError(f"{path}: not a readable array ({error}).") from None
+
+
+def _read_parquet(path: Path):
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing from the artifact.") from None
+    except Exception as error:  # pyarrow's ArrowInvalid and friends
+        raise ArtifactError(f"{path}: not a readable parquet file ({error}).") from None

@@ -1,0 +1,89 @@
+"""``build_index(cfg)``: trained checkpoint -> serving artifact (the body of ``scripts/build_index.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from streamrec.cli import build_dataset, markdown_table
+from streamrec.inference.export import export_artifact
+from streamrec.training.datamodule import RetrievalDataModule
+from streamrec.training.module import TwoTowerModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str | Path) -> Path:
+    """``checkpoint`` if given, else the best checkpoint of the last ``train.py`` run."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint={checkpoint}: no such file.")
+        return path
+    record = Path(checkpoint_dir) / "last_run.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} not found: run `python scripts/train.py` first, or pass "
+                                "checkpoint=path/to/model.ckpt.")
+    path = Path(json.loads(record.read_text())["best_checkpoint"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{record} names {path}, which no longer exists; pass checkpoint=... .")
+    return path
+
+
+def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the artifact described by ``cfg`` (see ``configs/build_index.yaml``).
+
+    The catalogue comes from the checkpoint's own data config unless ``data=`` is given;
+    held-out queries for tuning are the test members' query vectors.
+    Returns the manifest and the objects built (module, data).
+    """
+    checkpoint = resolve_checkpoint(cfg.get("checkpoint"), cfg.paths.checkpoint_dir)
+    module = TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    spec = module.data_spec
+    if not spec:
+        raise ValueError(f"{checkpoint}: carries no data spec (id maps); retrain it with this version of streamrec.")
+    data_cfg = cfg.get("data") or spec.get("data_config")
+    if data_cfg is None:
+        raise ValueError(f"{checkpoint}: does not record its data config; pass the one it was trained with, "
+                         "e.g. data=movielens data.root=... .")
+    data = build_dataset(OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+                         if isinstance(data_cfg, DictConfig) else OmegaConf.create(data_cfg))
+    if data.item_map.to_dict() != spec["item_map"]:
+        raise ValueError(f"the data config gives a different catalogue than {checkpoint} was trained on; "
+                         "pass the same data config as training.")
+    queries = _tuning_queries(module, data, spec, cfg.index.tuning_queries, cfg.seed)
+    index_cfg = cfg.index
+    output = Path(index_cfg.output_dir)
+    manifest = export_artifact(
+        output, module.model, spec, data.items, data.item_popularity(), queries, factory=index_cfg.factory,
+        target_recall=index_cfg.target_recall, k=index_cfg.k, seed=cfg.seed,
+    )
+    info = manifest["index"]
+    summary = pd.DataFrame([{
+        "titles": info["n_items"], "dim": manifest["score"]["dim"], "factory": info["factory"],
+        "parameter": f"{info['search_parameter']}={info['search_value']}" if info["search_parameter"] else "exact",
+        f"recall@{info['k']}": info["measured_recall"], "build s": info["build_seconds"],
+    }]).set_index("titles")
+    print(f"\nartifact {output} from {checkpoint}:\n\n{markdown_table(summary, '.3f')}\n")
+    print(f"recall vs latency: {output / 'recall_latency.png'}")
+    return manifest, {"module": module, "data": data, "checkpoint": checkpoint}
+
+
+def _tuning_queries(module: TwoTowerModule, data, spec: dict[str, Any], n: int, seed: int) -> np.ndarray:
+    """Query vectors of up to ``n`` test members (held out from training)."""
+    datamodule = RetrievalDataModule(data, max_history=module.config.max_history,
+                                     history_mode=spec.get("history_mode", "set"))
+    users = datamodule.eval_users("test")
+    if len(users) == 0:
+        raise ValueError("the split has no test members to tune the index on.")
+    users = np.random.default_rng(seed).permutation(users)[:n]
+    with torch.inference_mode():
+        batch = datamodule.eval_batch(users, "test", with_targets=False)
+        return module.model.query(batch).numpy()

@@ -1,0 +1,447 @@
+"""The serving artifact and streamrec.inference: round trip, exactness, tampering, threads, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamrec.index import auto_factory, build_index, exact_search, search_parameter, tune
+from streamrec.inference import ArtifactError, Recommender, UnknownItemsError, export_artifact, read_manifest
+from streamrec.inference.artifact import write_artifact
+from streamrec.models.two_tower import TwoTower, TwoTowerConfig
+
+N_ITEMS, GENRES = 400, ["Action", "Comedy", "Drama", "Romance"]
+
+
+def tiny_catalogue(seed: int = 0):
+    """An untrained two-tower over 400 titles with content, member features, device and hour."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    genre_lists = [sorted(set(rng.choice(GENRES, size=rng.integers(1, 3)).tolist())) for _ in range(N_ITEMS)]
+    items = pd.DataFrame({
+        "item_id": np.arange(1000, 1000 + N_ITEMS),
+        "title": [f"Title {i}" for i in range(N_ITEMS)],
+        "genres": genre_lists,
+        "year": rng.integers(1950, 2024, size=N_ITEMS).astype(float),
+    })
+    genres = torch.zeros(N_ITEMS, len(GENRES))
+    for i, gs in enumerate(genre_lists):
+        for g in gs:
+            genres[i, GENRES.index(g)] = 1.0
+    config = TwoTowerConfig(n_items=N_ITEMS, n_genres=len(GENRES), text_buckets=0, dim=16, hidden=32,
+                            max_history=10, user_feature_cardinalities=[3], n_devices=2, use_hour=True)
+    year = torch.from_numpy(((items["year"] - 1990) / 20).to_numpy(np.float32))
+    model = TwoTower(config, genres=genres, year=year, year_known=torch.ones(N_ITEMS),
+                     tokens=torch.zeros(N_ITEMS, config.max_tokens), has_id=torch.ones(N_ITEMS, dtype=torch.bool)).eval()
+    spec = {
+        "item_map": {"kind": "int", "ids": items["item_id"].tolist()},
+        "item_features": {"genre_vocab": GENRES, "year_mean": 1990.0, "year_std": 20.0, "text_buckets": 0,
+                          "max_tokens": config.max_tokens},
+        "user_features": {"columns": ["plan"], "vocabularies": {"plan": ["basic", "premium"]}, "edges": {}},
+        "device_vocab": ["mobile", "tv"],
+        "history_mode": "set",
+    }
+    popularity = rng.integers(0, 1000, size=N_ITEMS)
+    return model, spec, items, popularity
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    model, spec, items, popularity = tiny_catalogue()
+    path = tmp_path_factory.mktemp("artifact") / "recommender"
+    queries = model.all_item_vectors().numpy()[:50]
+    manifest = export_artifact(path, model, spec, items, popularity, queries, factory="Flat", progress=False)
+    return path, model, items, popularity, manifest
+
+
+@pytest.fixture
+def recommender(artifact):
+    return Recommender.load(artifact[0])
+
+
+def model_scores(model: TwoTower, rows: list[int], plan: int = 0, device: int = 0, hour: int = 0) -> torch.Tensor:
+    """Brute-force scores of every title for one history of item rows (oldest first)."""
+    length = model.config.max_history
+    rows = rows[-length:]
+    history = torch.zeros(1, length, dtype=torch.long)
+    history[0, length - len(rows):] = torch.tensor(rows) + 1
+    watch = (history > 0).float()
+    batch = {"history": history, "history_watch": watch, "history_age_days": torch.zeros(1, length),
+             "user_features": torch.tensor([[plan]]), "device": torch.tensor([device]), "hour": torch.tensor([hour])}
+    with torch.no_grad():
+        return (model.query(batch) @ model.all_item_vectors().T)[0]
+
+
+# -- index ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW16"])
+def test_index_top_k_equals_brute_force_inner_product(factory):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.normal(size=(30, 16)).astype(np.float32)
+    index = build_index(vectors, factory, progress=False)
+    if search_parameter(index) == "nprobe":
+        tune(index, vectors, queries, k=10, target_recall=1.0)  # nprobe = all lists -> exact
+    elif search_parameter(index) == "efSearch":
+        tune(index, vectors, queries, k=10, target_recall=1.0)
+    scores, ids = index.search(queries, 10)
+    truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(ids, truth)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, truth, axis=1), rtol=1e-5)
+
+
+def test_tuning_picks_the_smallest_parameter_reaching_the_target():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 16))).astype(np.float32)
+    queries = vectors[:200] + 0.05 * rng.normal(size=(200, 16)).astype(np.float32)
+    index = build_index(vectors, "IVF64,Flat", progress=False)
+    value, measured, sweep = tune(index, vectors, queries, k=10, target_recall=0.9)
+    assert measured >= 0.9
+    before = [p for p in sweep if p.value < value]
+    assert all(p.recall < 0.9 for p in before)
+    assert index.nprobe == value
+    assert [p.value for p in sweep] == sorted(p.value for p in sweep)
+
+
+def test_auto_factory_follows_catalogue_size():
+    assert auto_factory(1_000) == "Flat"
+    assert auto_factory(100_000) == "IVF1024,Flat"
+    assert auto_factory(1_000_000) == "IVF4096,Flat"
+    with pytest.raises(ValueError):
+        auto_factory(0)
+
+
+def test_bad_factory_string_is_a_clear_error():
+    with pytest.raises(ValueError, match="factory string"):
+        build_index(np.zeros((10, 4), np.float32), "NotAnIndex", progress=False)
+
+
+# -- artifact round trip ------------------------------------------------------------------
+def test_manifest_describes_the_model_index_and_files(artifact):
+    path, model, _, _, manifest = artifact
+    on_disk = json.loads((path / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["format_version"] == 1
+    assert manifest["score"] == {"metric": "inner_product", "normalized": True, "dim": 16}
+    assert manifest["model"]["n_items"] == N_ITEMS
+    assert manifest["index"]["factory"] == "Flat" and manifest["index"]["measured_recall"] == 1.0
+    assert set(manifest["files"]) == {"query_tower.pt", "item_tower.pt", "item_vectors.npy", "index.faiss",
+                                      "items.parquet", "recall_latency.png"}
+    assert {"torch", "faiss", "streamrec"} <= set(manifest["versions"])
+    # Weights load without unpickling code.
+    state = torch.load(path / "query_tower.pt", weights_only=True)
+    assert torch.equal(state["history_embedding.weight"], model.query_tower.history_embedding.weight)
+    assert "id_embedding.weight" not in torch.load(path / "item_tower.pt", weights_only=True)
+    np.testing.assert_allclose(np.load(path / "item_vectors.npy"), model.all_item_vectors().numpy(), atol=1e-6)
+
+
+def test_recommend_equals_the_models_own_ranking(artifact, recommender):
+    _, model, items, _, _ = artifact
+    history_rows = [3, 17, 42, 99, 250]
+    ids = items["item_id"].to_numpy()
+    result = recommender.recommend(ids[history_rows].tolist(), k=10, member_features={"plan": "premium"},
+                                   device="tv", now=3600 * 5 + 60)
+    scores = model_scores(model, history_rows, plan=2, device=2, hour=6)
+    scores[history_rows] = float("-inf")
+    top = torch.topk(scores, 10).indices.numpy()
+    assert result.item_ids == ids[top].tolist()
+    np.testing.assert_allclose([r.score for r in result], scores[top].numpy(), rtol=1e-4, atol=1e-5)
+    assert result.source == "model" and result.unknown_ids == ()
+    first = result[0]
+    assert first.title == items["title"].iloc[top[0]]
+    assert first.metadata["genres"] == items["genres"].iloc[top[0]]
+    assert isinstance(first.item_id, int)
+
+
+def test_seen_titles_are_excluded_by_default_and_kept_on_request(recommender, artifact):
+    items = artifact[2]
+    history = items["item_id"].iloc[:8].tolist()
+    assert not set(recommender.recommend(history, k=50).item_ids) & set(history)
+    kept = recommender.recommend(history, k=N_ITEMS, exclude_seen=False)
+    assert set(history) <= set(kept.item_ids)
+
+
+def test_batch_equals_one_by_one(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()
+    histories = [ids[i:i + 5] for i in range(0, 100, 10)] + [[]]
+    batch = recommender.recommend_batch(histories, k=7)
+    assert [b.item_ids for b in batch] == [recommender.recommend(h, k=7).item_ids for h in histories]
+    assert batch[-1].source == "popularity"
+
+
+def test_timestamps_order_the_history_and_set_the_recency(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()[:12]
+    times = [1_000_000.0 + 86400 * i for i in range(12)]
+    in_order = recommender.recommend(ids, k=10, timestamps=times)
+    shuffled = list(reversed(range(12)))
+    assert recommender.recommend([ids[i] for i in shuffled], k=10,
+                                 timestamps=[times[i] for i in shuffled]).item_ids == in_order.item_ids
+
+
+def test_similar_items_excludes_the_title_itself_and_follows_vectors(recommender, artifact):
+    _, model, items, _, _ = artifact
+    vectors = model.all_item_vectors()
+    similar = recommender.similar_items(int(items["item_id"].iloc[5]), k=5)
+    scores = vectors @ vectors[5]
+    scores[5] = float("-inf")
+    assert similar.item_ids == items["item_id"].to_numpy()[torch.topk(scores, 5).indices.numpy()].tolist()
+
+
+def test_filters_keep_only_allowed_genres_and_match_brute_force(recommender, artifact):
+    _, model, items, _, _ = artifact
+    history_rows = [1, 2, 3]
+    ids = items["item_id"].to_numpy()
+    result = recommender.recommend(ids[history_rows].tolist(), k=10, filters={"genres": ["Romance"]})
+    allowed = np.array(["Romance" in g for g in items["genres"]])
+    scores = model_scores(model, history_rows)
+    scores[~torch.from_numpy(allowed)] = float("-inf")
+    scores[history_rows] = float("-inf")
+    assert result.item_ids == ids[torch.topk(scores, 10).indices.numpy()].tolist()
+    assert all("Romance" in r.metadata["genres"] for r in result)
+    with pytest.raises(ValueError, match="unknown metadata column 'maturity'"):
+        recommender.recommend(ids[:3].tolist(), filters={"maturity": ["PG"]})
+
+
+def test_diversity_raises_intra_list_distance(recommender, artifact):
+    _, model, items, _, _ = artifact
+    vectors = model.all_item_vectors().numpy()
+    rows = dict(zip(items["item_id"], range(N_ITEMS)))
+
+    def spread(result) -> float:
+        v = vectors[[rows[i] for i in result.item_ids]]
+        return float(1 - (v @ v.T)[np.triu_indices(len(v), 1)].mean())
+
+    history = items["item_id"].iloc[10:20].tolist()
+    plain = recommender.recommend(history, k=10)
+    assert recommender.recommend(history, k=10, diversity=0.0).item_ids == plain.item_ids
+    diverse = recommender.recommend(history, k=10, diversity=0.7)
+    assert spread(diverse) > spread(plain)
+    assert diverse[0].item_id == plain[0].item_id  # MMR starts from the most relevant title
+
+
+# -- popularity fallback and bad input ---------------------------------------------------------
+def test_empty_or_unknown_history_falls_back_to_popularity(recommender, artifact):
+    items, popularity = artifact[2], artifact[3]
+    expected = items["item_id"].to_numpy()[np.argsort(-popularity, kind="stable")[:5]].tolist()
+    empty = recommender.recommend([], k=5)
+    assert empty.source == "popularity" and empty.item_ids == expected
+    unknown = recommender.recommend([1, 2], k=5)
+    assert unknown.source == "popularity" and unknown.unknown_ids == (1, 2)
+
+
+def test_unknown_ids_are_skipped_and_reported_or_raise_in_strict_mode(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()
+    result = recommender.recommend([ids[0], 999_999, ids[1]], k=5)
+    assert result.unknown_ids == (999_999,)
+    assert result.item_ids == recommender.recommend([ids[0], ids[1]], k=5).item_ids
+    with pytest.raises(UnknownItemsError, match="999999"):
+        recommender.recommend([ids[0], 999_999], k=5, strict=True)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"k": 0}, "k: expected a positive integer"),
+    ({"k": -3}, "k: expected a positive integer"),
+    ({"k": 2.5}, "k: expected a positive integer"),
+    ({"history": [1000, "1001"]}, r"history\[1\]: item ids of this catalogue are integers"),
+    ({"history": [1000.0]}, r"history\[0\]: item ids of this catalogue are integers"),
+    ({"history": "1000"}, "history: expected a sequence of item ids"),
+    ({"timestamps": [1.0, float("nan")]}, r"timestamps \(history\)\[1\] is NaN"),
+    ({"timestamps": [1.0]}, "timestamps .* 1 values for 2 history items"),
+    ({"watch_fractions": [0.5, float("nan")]}, r"watch_fractions \(history\)\[1\] is NaN"),
+    ({"watch_fractions": [0.5, 1.5]}, r"watch_fractions .* must lie in \[0, 1\]"),
+    ({"member_features": {"plan": float("nan")}}, r"member_features\['plan'\] is NaN"),
+    ({"now": float("nan")}, "now: expected unix seconds"),
+    ({"diversity": 1.5}, r"diversity: expected a number in \[0, 1\]"),
+    ({"filters": {"genres": "Comedy"}}, r"filters\['genres'\]: expected a list"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
+    arguments = {"history": [1000, 1001], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        recommender.recommend(**arguments)
+
+
+def test_batch_argument_lengths_must_match(recommender):
+    with pytest.raises(ValueError, match="devices: 1 entries for 2 histories"):
+        recommender.recommend_batch([[1000], [1001]], devices=["tv"])
+
+
+# -- catalogue changes -------------------------------------------------------------------------
+def test_add_items_embeds_from_content_and_makes_them_recommendable(artifact):
+    recommender = Recommender.load(artifact[0])
+    model = artifact[1]
+    new = pd.DataFrame({"item_id": [5000, 5001], "title": ["New A", "New B"], "genres": [["Comedy"], ["Drama"]],
+                        "year": [2025.0, 2026.0]})
+    assert recommender.add_items(new) == [5000, 5001]
+    assert 5000 in recommender and recommender.n_items == N_ITEMS + 2
+    # The vector is the item tower's content-only vector (no id embedding for a new title).
+    with torch.no_grad():
+        content = model.item_tower.content(torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([(2025 - 1990) / 20]),
+                                           torch.ones(1), torch.zeros(1, model.config.max_tokens, dtype=torch.long))
+        expected = model.item_tower.encode(content, None, None)[0].numpy()
+    similar_to_new = recommender.similar_items(5000, k=N_ITEMS + 1)
+    assert 5001 in similar_to_new.item_ids and 5000 not in similar_to_new.item_ids
+    vectors = recommender._catalogue.vectors
+    np.testing.assert_allclose(vectors[N_ITEMS], expected, atol=1e-5)
+    found = recommender.recommend([1000], k=N_ITEMS + 1)
+    assert {5000, 5001} <= set(found.item_ids)
+    # A title added after training is excluded once watched, but the query tower cannot read it.
+    assert recommender.recommend([5000], k=3).source == "popularity"
+    assert 5000 not in recommender.recommend([1000, 5000], k=N_ITEMS).item_ids
+    assert next(r for r in found if r.item_id == 5000).metadata["title"] == "New A"
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        recommender.add_items(new.iloc[:1])
+    with pytest.raises(ValueError, match="integers"):
+        recommender.add_items([{"item_id": "x", "title": "bad"}])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_remove_items_never_returns_them(tmp_path, factory):
+    model, spec, items, popularity = tiny_catalogue()
+    queries = model.all_item_vectors().numpy()[:20]
+    export_artifact(tmp_path / "a", model, spec, items, popularity, queries, factory=factory, progress=False)
+    recommender = Recommender.load(tmp_path / "a")
+    history = items["item_id"].iloc[:3].tolist()
+    top = recommender.recommend(history, k=5).item_ids
+    recommender.remove_items(top[:2])
+    after = recommender.recommend(history, k=N_ITEMS)
+    assert not set(top[:2]) & set(after.item_ids)
+    assert len(after) == N_ITEMS - 3 - 2
+    assert top[0] not in recommender.recommend([], k=N_ITEMS).item_ids
+    with pytest.raises(UnknownItemsError):
+        recommender.remove_items(top[:1])
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+def test_concurrent_calls_equal_sequential_results(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()
+    histories = [ids[i:i + 1 + i % 9] for i in range(120)]
+    expected = [recommender.recommend(h, k=10).item_ids for h in histories]
+    expected_similar = [recommender.similar_items(ids[i], k=5).item_ids for i in range(120)]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(worker, 120, 8):
+                results[i] = (recommender.recommend(histories[i], k=10).item_ids,
+                              recommender.similar_items(ids[i], k=5).item_ids)
+        except BaseException as error:  # noqa: BLE001 - surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [results[i][0] for i in range(120)] == expected
+    assert [results[i][1] for i in range(120)] == expected_similar
+
+
+def test_readers_see_a_consistent_catalogue_while_titles_are_added(artifact):
+    recommender = Recommender.load(artifact[0])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                result = recommender.recommend([1000, 1001], k=20)
+                assert len(result) == 20 and len(set(result.item_ids)) == 20
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for i in range(20):
+        recommender.add_items([{"item_id": 6000 + i, "title": f"New {i}", "genres": ["Action"], "year": 2020.0}])
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors
+    assert recommender.n_items == N_ITEMS + 20
+
+
+# -- corrupted artifacts ---------------------------------------------------------------------
+@pytest.fixture
+def copy_of_artifact(artifact, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(artifact[0], target)
+    return target
+
+
+def test_tampered_file_fails_the_checksum_naming_the_file(copy_of_artifact):
+    path = copy_of_artifact / "item_vectors.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: checksum mismatch"):
+        Recommender.load(copy_of_artifact)
+
+
+def test_missing_file_is_named(copy_of_artifact):
+    (copy_of_artifact / "index.faiss").unlink()
+    with pytest.raises(ArtifactError, match=r"index\.faiss: missing"):
+        Recommender.load(copy_of_artifact)
+
+
+def test_corrupted_file_is_named_even_without_checksums(copy_of_artifact):
+    (copy_of_artifact / "query_tower.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactError, match=r"query_tower\.pt: cannot be read"):
+        Recommender.load(copy_of_artifact, verify=False)
+
+
+def test_format_version_mismatch_and_bad_manifest_are_named(copy_of_artifact):
+    manifest_path = copy_of_artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        read_manifest(copy_of_artifact)
+    manifest_path.write_text("{ not json")
+    with pytest.raises(ArtifactError, match=r"manifest\.json: corrupted"):
+        Recommender.load(copy_of_artifact)
+    with pytest.raises(ArtifactError, match="no artifact directory"):
+        Recommender.load(copy_of_artifact / "nowhere")
+
+
+def test_a_failed_build_leaves_the_previous_artifact_untouched(copy_of_artifact):
+    before = (copy_of_artifact / "manifest.json").read_text()
+
+    def explode(tmp: Path) -> dict:
+        (tmp / "index.faiss").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_artifact(copy_of_artifact, explode)
+    assert (copy_of_artifact / "manifest.json").read_text() == before
+    Recommender.load(copy_of_artifact)
+    assert [p.name for p in copy_of_artifact.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rebuilding_replaces_the_artifact_atomically(copy_of_artifact):
+    model, spec, items, popularity = tiny_catalogue(seed=1)
+    export_artifact(copy_of_artifact, model, spec, items, popularity, model.all_item_vectors().numpy()[:10],
+                    factory="Flat", progress=False)
+    np.testing.assert_allclose(np.load(copy_of_artifact / "item_vectors.npy"), model.all_item_vectors().numpy(),
+                               atol=1e-6)
+    assert [p.name for p in copy_of_artifact.parent.iterdir() if p.name.startswith(".")] == []
+
+
+# -- import weight -------------------------------------------------------------------------------
+def test_importing_inference_does_not_import_lightning_hydra_or_wandb():
+    code = ("import sys, streamrec.inference; heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'lightning', 'pytorch_lightning', 'lightning_fabric', 'hydra', 'omegaconf', 'wandb'}); print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
