@@ -43,18 +43,33 @@ class UnknownItemsError(ValueError):
     """Raised in strict mode when a history names titles that are not in the catalogue."""
 
 
-@dataclass(frozen=True, slots=True)
 class Recommendation:
     """One recommended title: its raw id, score (inner product, or training views for the
-    popularity fallback) and metadata (title, genres, year, popularity, ...)."""
+    popularity fallback) and metadata (title, genres, year, popularity, ...), read from the
+    catalogue only when asked for."""
 
-    item_id: Any
-    score: float
-    metadata: dict[str, Any]
+    __slots__ = ("item_id", "score", "_table", "_row")
+
+    def __init__(self, item_id: Any, score: float, table: ItemTable, row: int):
+        self.item_id, self.score, self._table, self._row = item_id, score, table, row
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._table.row(self._row)
 
     @property
     def title(self) -> str | None:
-        return self.metadata.get("title")
+        titles = self._table.scalars.get("title")
+        return None if titles is None else titles[self._row]
+
+    def __repr__(self) -> str:
+        return f"Recommendation(item_id={self.item_id!r}, score={self.score:.4f}, title={self.title!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Recommendation) and (self.item_id, self.score) == (other.item_id, other.score)
+                and self.metadata == other.metadata)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,16 +411,20 @@ class Recommender:
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
         if now is not None and (not isinstance(now, (int, float, np.number)) or math.isnan(now)):
             raise ValueError(f"now: expected unix seconds, got {now!r}.")
-        rows, kept, unknown = [], [], []
+        if isinstance(history, np.ndarray):
+            history = history.tolist()
+        exact_type = int if self._id_kind == "int" else str
+        if not all(type(item_id) is exact_type for item_id in history):  # noqa: E721 - bool is not an id
+            for position, item_id in enumerate(history):
+                self._check_id(item_id, f"{name}[{position}]")
         lookup = catalogue.rows
-        for position, item_id in enumerate(history):
-            self._check_id(item_id, f"{name}[{position}]")
-            row = lookup.get(item_id)
-            if row is None:
-                unknown.append(item_id)
-            else:
-                rows.append(row)
-                kept.append(position)
+        rows = [lookup.get(item_id) for item_id in history]
+        kept = list(range(n))
+        unknown: list[Any] = []
+        if None in rows:
+            unknown = [item_id for item_id, row in zip(history, rows) if row is None]
+            kept = [p for p, row in enumerate(rows) if row is not None]
+            rows = [rows[p] for p in kept]
         if unknown:
             if strict:
                 raise UnknownItemsError(f"{name}: ids not in the catalogue: {unknown[:10]} (strict mode).")
@@ -520,9 +539,9 @@ class Recommender:
             if exact:
                 rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
             else:
-                keep = [j for j, row in enumerate(labels[i])
-                        if row >= 0 and row not in excluded and row not in catalogue.tombstones
-                        and (mask is None or mask[row])][:pool]
+                hidden_rows = excluded | catalogue.tombstones if catalogue.tombstones else excluded
+                keep = [j for j, row in enumerate(labels[i].tolist())
+                        if row >= 0 and row not in hidden_rows and (mask is None or mask[row])][:pool]
                 rows, row_scores = labels[i][keep], scores[i][keep]
                 if len(rows) < pool:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
                     rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
@@ -558,10 +577,9 @@ class Recommender:
 
     def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
                 source: str) -> Recommendations:
-        ids = catalogue.item_ids
-        table = catalogue.table
-        items = tuple(Recommendation(_plain(ids[row]), float(score), table.row(row))
-                      for row, score in zip(rows.tolist(), scores.tolist()))
+        rows, table = rows.tolist(), catalogue.table
+        ids = catalogue.item_ids[rows].tolist()
+        items = tuple(map(Recommendation, ids, scores.tolist(), [table] * len(rows), rows))
         return Recommendations(items, tuple(unknown), source)
 
     # -- new titles ------------------------------------------------------------------------
@@ -623,10 +641,6 @@ def _mmr(vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int,
         available[pick] = False
         np.maximum(closest, similarity[pick], out=closest)
     return rows[chosen], scores[chosen]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _load_module(path: Path, build) -> torch.nn.Module:

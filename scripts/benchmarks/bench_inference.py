@@ -1,0 +1,201 @@
+"""Benchmark serving: artifact build and load, recommend() latency, recommend_batch() throughput.
+
+Synthetic catalogue with the default model's shape (d=64, hidden 128, history 50, 20
+genres): an untrained two-tower whose item and history id embeddings are drawn from a
+Gaussian mixture of 1,000 clusters (so vectors are clustered like a trained model's, not
+uniform on the sphere, the worst case for any ANN index). Each member's 50-title history
+comes from 2 clusters. The index is built and tuned by the same `export_artifact` that
+`scripts/build_index.py` uses (factory `auto`, target recall@10 0.95 on 1,000 held-out
+queries); recall@10 is then measured on other members against exact search with the same
+seen-title exclusion.
+
+Columns:
+- tower: query-tower forward alone for one member (torch, inputs prepared);
+- faiss: raw `index.search` of that member's query vector for k + 50 (what recommend asks,
+  to survive excluding the 50 seen titles), one thread;
+- recommend p50/p99: the whole call (validation, id mapping, tower, search, exclusion,
+  metadata);
+- overhead: (recommend − tower − faiss) / faiss at p50, i.e. what the module adds around
+  the model and the index.
+
+    python scripts/benchmarks/bench_inference.py                      # 100,000 and 1,000,000 titles
+    python scripts/benchmarks/bench_inference.py --sizes 100000 --members 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from streamrec.cli import markdown_table
+from streamrec.inference import Recommender, export_artifact
+from streamrec.models.two_tower import TwoTower, TwoTowerConfig
+
+CLUSTERS, HISTORY, GENRES = 1000, 50, 20
+NOISE, ID_SCALE = 1.0, 1.0  # within-cluster spread; id embeddings dominate content, as after training
+
+
+def synthetic_model(n_items: int, seed: int) -> tuple[TwoTower, np.ndarray]:
+    """Model plus each title's cluster [n_items]."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = TwoTowerConfig(n_items=n_items, n_genres=GENRES, text_buckets=0, dim=64, hidden=128,
+                            max_history=HISTORY, dropout=0.0)
+    cluster = rng.integers(0, CLUSTERS, n_items)
+    centres = rng.normal(size=(CLUSTERS, 64)).astype(np.float32)
+    ids = centres[cluster] + NOISE * rng.normal(size=(n_items, 64)).astype(np.float32)
+    genres = torch.zeros(n_items, GENRES)
+    genres[torch.arange(n_items), torch.from_numpy(rng.integers(0, GENRES, n_items))] = 1.0
+    model = TwoTower(config, genres=genres, year=torch.zeros(n_items), year_known=torch.zeros(n_items),
+                     tokens=torch.zeros(n_items, config.max_tokens), has_id=torch.ones(n_items, dtype=torch.bool))
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight.copy_(torch.from_numpy(ids) * ID_SCALE)
+        model.query_tower.history_embedding.weight[1:].copy_(torch.from_numpy(ids) * ID_SCALE)
+    return model.eval(), cluster
+
+
+def histories(cluster: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` histories of HISTORY item rows, each from 2 clusters."""
+    rng = np.random.default_rng(seed)
+    members = np.argsort(cluster, kind="stable")
+    starts = np.searchsorted(cluster[members], np.arange(CLUSTERS + 1))
+    out = []
+    for _ in range(n):
+        picks = []
+        for c in rng.choice(CLUSTERS, 2, replace=False):
+            pool = members[starts[c]:starts[c + 1]]
+            picks.append(rng.choice(pool, HISTORY // 2, replace=len(pool) < HISTORY // 2))
+        out.append(np.unique(np.concatenate(picks)))
+    return out
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    ms = np.array(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def bench(n_items: int, members: int, workdir: Path, seed: int = 0) -> dict:
+    row: dict = {"titles": f"{n_items:,}"}
+    model, cluster = synthetic_model(n_items, seed)
+    item_ids = np.arange(1, n_items + 1)  # raw ids differ from rows, as in real data
+    items = pd.DataFrame({"item_id": item_ids, "title": [f"Title {i}" for i in item_ids],
+                          "genres": [[f"g{g}"] for g in np.random.default_rng(seed).integers(0, GENRES, n_items)]})
+    popularity = np.random.default_rng(seed).zipf(1.5, n_items).clip(max=10**6)
+    tuning = histories(cluster, 1000, seed + 1)
+    spec = {"item_map": {"kind": "int", "ids": []},
+            "item_features": {"genre_vocab": [f"g{g}" for g in range(GENRES)], "year_mean": 0.0, "year_std": 1.0,
+                              "text_buckets": 0, "max_tokens": model.config.max_tokens},
+            "user_features": {"columns": [], "vocabularies": {}, "edges": {}}, "device_vocab": [],
+            "history_mode": "set"}
+    with torch.inference_mode():
+        queries = model.query({"history": _padded(tuning)}).numpy()
+    path = workdir / f"artifact-{n_items}"
+    start = time.perf_counter()
+    manifest = export_artifact(path, model, spec, items, popularity, queries, progress=False, seed=seed)
+    row["export s"] = time.perf_counter() - start
+    info = manifest["index"]
+    row["index"] = f"{info['factory']} {info['search_parameter']}={info['search_value']}"
+    row["index build s"] = info["build_seconds"]
+    del model
+
+    start = time.perf_counter()
+    recommender = Recommender.load(path)
+    row["load s"] = time.perf_counter() - start
+
+    test = histories(cluster, members, seed + 2)
+    raw = [item_ids[h].tolist() for h in test]
+    for h in raw[:50]:  # warm-up
+        recommender.recommend(h, k=10)
+    tower_in = {"history": _padded(test), "history_watch": (_padded(test) > 0).float(),
+                "history_age_days": torch.zeros(len(test), HISTORY)}
+    with torch.inference_mode():
+        vectors = recommender.query_tower(tower_in["history"], tower_in["history_watch"],
+                                          tower_in["history_age_days"]).numpy()
+    index = recommender._catalogue.index
+    faiss.omp_set_num_threads(1)
+    tower_t, faiss_t, rec_t, found = [], [], [], []
+    for i, h in enumerate(raw):
+        one = {key: value[i:i + 1] for key, value in tower_in.items()}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            recommender.query_tower(one["history"], one["history_watch"], one["history_age_days"])
+        t1 = time.perf_counter()
+        index.search(vectors[i:i + 1], 10 + len(h))
+        t2 = time.perf_counter()
+        result = recommender.recommend(h, k=10)
+        t3 = time.perf_counter()
+        tower_t.append(t1 - t0)
+        faiss_t.append(t2 - t1)
+        rec_t.append(t3 - t2)
+        found.append(np.array(result.item_ids) - 1)
+    catalogue_vectors = recommender._catalogue.vectors
+    hits = 0
+    for i in range(min(members, 500)):
+        scores = catalogue_vectors @ vectors[i]
+        scores[test[i]] = -np.inf
+        hits += len(np.intersect1d(np.argpartition(-scores, 10)[:10], found[i]))
+    row["recall@10"] = hits / (10 * min(members, 500))
+    row["tower p50 ms"] = percentiles(tower_t)[0]
+    row["faiss p50 ms"] = percentiles(faiss_t)[0]
+    row["recommend p50 ms"], row["recommend p99 ms"] = percentiles(rec_t)
+    row["overhead %"] = 100 * (row["recommend p50 ms"] - row["tower p50 ms"] - row["faiss p50 ms"]) / row["faiss p50 ms"]
+
+    recommender.recommend_batch(raw[:100], k=10)
+    start = time.perf_counter()
+    for s in range(0, len(raw), 1000):
+        recommender.recommend_batch(raw[s:s + 1000], k=10)
+    row["batch members/s"] = len(raw) / (time.perf_counter() - start)
+
+    for threads in (2, 4):  # many callers: concurrent single recommend() calls
+        chunks = [raw[t::threads] for t in range(threads)]
+        workers = [threading.Thread(target=lambda c: [recommender.recommend(h, k=10) for h in c], args=(c,))
+                   for c in chunks]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        row[f"{threads} threads calls/s"] = len(raw) / (time.perf_counter() - start)
+    row["peak RSS GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    shutil.rmtree(path)
+    return row
+
+
+def _padded(rows: list[np.ndarray]) -> torch.Tensor:
+    out = torch.zeros(len(rows), HISTORY, dtype=torch.long)
+    for i, r in enumerate(rows):
+        r = r[-HISTORY:]
+        out[i, HISTORY - len(r):] = torch.from_numpy(r + 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--workdir", type=Path, default=None, help="where artifacts are built (default: a temp dir)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [bench(n, args.members, workdir) for n in args.sizes]
+    table = pd.DataFrame(rows).set_index("titles")
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"faiss {faiss.__version__}, python {sys.version.split()[0]}; {args.members} members, k=10\n")
+    print(markdown_table(table.T.rename_axis("titles"), floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()
