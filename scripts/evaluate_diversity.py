@@ -56,7 +56,8 @@ def main() -> None:
         times.append(views["timestamp"].tolist() if "timestamp" in views else None)
         watch.append(views["watch_fraction"].tolist() if "watch_fraction" in views else None)
         devices.append(views["device"].iloc[-1] if "device" in views and len(views) else None)
-        members.append(features.loc[data.user_map.to_raw([user])[0]].to_dict() if features is not None else None)
+        known = features.loc[data.user_map.to_raw([user])[0]].dropna().to_dict() if features is not None else None
+        members.append(known)
 
     genres, _ = data.genre_matrix()
     genres = torch.from_numpy(genres.toarray())

@@ -87,7 +87,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def bench(n_items: int, members: int, workdir: Path, seed: int = 0) -> dict:
+def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: int = 0) -> dict:
     row: dict = {"titles": f"{n_items:,}"}
     model, cluster = synthetic_model(n_items, seed)
     item_ids = np.arange(1, n_items + 1)  # raw ids differ from rows, as in real data
@@ -170,6 +170,9 @@ def bench(n_items: int, members: int, workdir: Path, seed: int = 0) -> dict:
             w.join()
         row[f"{threads} threads calls/s"] = len(raw) / (time.perf_counter() - start)
     row["peak RSS GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path / "recall_latency.png", plots / f"recall_latency_{n_items}.png")
     shutil.rmtree(path)
     return row
 
@@ -187,10 +190,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=None, help="where artifacts are built (default: a temp dir)")
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="copy each artifact's recall_latency.png here (e.g. docs/)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = [bench(n, args.members, workdir) for n in args.sizes]
+    rows = [bench(n, args.members, workdir, args.plots) for n in args.sizes]
     table = pd.DataFrame(rows).set_index("titles")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"faiss {faiss.__version__}, python {sys.version.split()[0]}; {args.members} members, k=10\n")
