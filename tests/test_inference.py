@@ -445,3 +445,34 @@ def test_importing_inference_does_not_import_lightning_hydra_or_wandb():
             "{'lightning', 'pytorch_lightning', 'lightning_fabric', 'hydra', 'omegaconf', 'wandb'}); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tuning_with_exclusions_measures_what_is_served():
+    """Excluding watched titles pushes the served list deeper than the plain top-k; the
+    recall tuning reports must be the recall of that served list."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(30, 16))
+    vectors = (centres[rng.integers(0, 30, 6000)] + 0.5 * rng.normal(size=(6000, 16))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:100] + 0.1 * rng.normal(size=(100, 16)).astype(np.float32)
+    watched = [np.argsort(-(vectors @ q))[:20] for q in queries]  # the query's own nearest titles
+    index = build_index(vectors, "IVF32,Flat", progress=False)
+    value, measured, _ = tune(index, vectors, queries, k=10, target_recall=0.9, exclude=watched)
+    served = index.search(queries, 30)[1]
+    truth = exact_search(vectors, queries, 30)
+    hits = 0
+    for found, best, seen in zip(served, truth, watched):
+        top = [i for i in found if i not in set(seen)][:10]
+        hits += len(set(top) & set([i for i in best if i not in set(seen)][:10]))
+    assert measured == pytest.approx(hits / 1000)
+    assert measured >= 0.9
+
+
+def test_artifact_directory_is_readable_by_others(artifact):
+    import os
+    import stat
+
+    mode = stat.S_IMODE(os.stat(artifact[0]).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask

@@ -106,32 +106,49 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of the exact top-k ids ``truth`` [Q, k] present in ``found`` [Q, k']."""
-    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth))
-    return hits / truth.size
+    """Share of the exact top-k ids ``truth`` [Q, k] (-1 = none) present in ``found`` [Q, k']."""
+    valid = truth >= 0
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
+    return hits / max(int(valid.sum()), 1)
+
+
+def _without(ids: np.ndarray, exclude: list[np.ndarray] | None, k: int) -> np.ndarray:
+    """First ``k`` ids of each row not in that row's exclusions, padded with -1."""
+    if exclude is None:
+        return ids[:, :k]
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for i, (row, excluded) in enumerate(zip(ids, exclude)):
+        kept = row[(row >= 0) & ~np.isin(row, excluded)][:k]
+        out[i, : len(kept)] = kept
+    return out
 
 
 @dataclass
 class SweepPoint:
     value: int | None  # the search parameter (None for an exact index)
-    recall: float  # recall@k against exact search
+    recall: float  # recall@k against exact search (after the same exclusions)
     p50_ms: float  # one query at a time, one thread
     p99_ms: float
 
 
 def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: int | None,
-            timed_queries: int = 200) -> SweepPoint:
-    """Recall of ``index`` at search parameter ``value``, and single-query latency."""
+            exclude: list[np.ndarray] | None = None, timed_queries: int = 200) -> SweepPoint:
+    """Recall of ``index`` at search parameter ``value``, and single-query latency.
+
+    With ``exclude`` (per query, e.g. the member's watched titles), the search asks for
+    k + len(exclusions) ids and drops the excluded ones, exactly as serving does.
+    """
     set_search_parameter(index, value)
     k = truth.shape[1]
-    found = index.search(queries, k)[1]
+    extra = [len(e) for e in exclude] if exclude is not None else [0] * len(queries)
+    found = _without(index.search(queries, k + max(extra, default=0))[1], exclude, k)
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
         times = []
-        for q in queries[:timed_queries]:
+        for q, e in zip(queries[:timed_queries], extra):
             start = time.perf_counter()
-            index.search(q[None], k)
+            index.search(q[None], k + e)
             times.append(time.perf_counter() - start)
     finally:
         faiss.omp_set_num_threads(previous)
@@ -141,18 +158,26 @@ def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: i
 
 
 def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
-         target_recall: float = 0.95) -> tuple[int | None, float, list[SweepPoint]]:
+         target_recall: float = 0.95,
+         exclude: list[np.ndarray] | None = None) -> tuple[int | None, float, list[SweepPoint]]:
     """Smallest search parameter reaching ``target_recall`` @k on ``queries`` [Q, d].
+
+    ``exclude``: per query, ids removed from both the exact and the approximate lists
+    (the member's watched titles): the titles served are deeper in the ranking than the
+    plain top-k, so tuning without them overstates recall.
 
     Returns (value, its recall, the whole sweep). Exact indexes return (None, 1.0, [point]).
     The sweep continues a few values past the target so the recall-latency curve shows the
     trade-off; if no value reaches the target, the best one is returned.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    truth = exact_search(vectors, queries, min(k, len(vectors)))
+    if exclude is not None and len(exclude) != len(queries):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries.")
+    depth = k + max((len(e) for e in exclude), default=0) if exclude is not None else k
+    truth = _without(exact_search(vectors, queries, min(depth, len(vectors))), exclude, k)
     name = search_parameter(index)
     if name is None:
-        point = measure(index, queries, truth, None)
+        point = measure(index, queries, truth, None, exclude)
         return None, point.recall, [point]
     ivf = faiss.try_extract_index_ivf(_unwrap(index))
     candidates = [v for v in _CANDIDATES[name] if ivf is None or v <= ivf.nlist]
@@ -160,7 +185,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
     chosen: SweepPoint | None = None
     past_target = 0
     for value in candidates:
-        point = measure(index, queries, truth, value)
+        point = measure(index, queries, truth, value, exclude)
         sweep.append(point)
         if chosen is None and point.recall >= target_recall:
             chosen = point

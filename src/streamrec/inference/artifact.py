@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +62,9 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
                     "files": {name: sha256(tmp / name) for name in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _fsync_dir(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; readers may be other users
         if path.exists():
             # Swap: the old bundle is moved aside first, so `path` is never half written.
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
@@ -97,13 +101,16 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
             "rebuild the artifact with this version's `scripts/build_index.py` or install the matching streamrec."
         )
     if verify:
-        for name, expected in manifest.get("files", {}).items():
-            file = path / name
-            if not file.is_file():
-                raise ArtifactError(f"{file}: missing from the artifact (listed in {MANIFEST}).")
-            actual = sha256(file)
-            if actual != expected:
-                raise ArtifactError(f"{file}: checksum mismatch (sha256 {actual[:12]}…, manifest says "
+        files = manifest.get("files", {})
+        for name in files:
+            if not (path / name).is_file():
+                raise ArtifactError(f"{path / name}: missing from the artifact (listed in {MANIFEST}).")
+        # hashlib releases the GIL on large buffers: the big files hash in parallel.
+        with ThreadPoolExecutor(max_workers=min(4, len(files) or 1)) as pool:
+            actual = dict(zip(files, pool.map(lambda name: sha256(path / name), files)))
+        for name, expected in files.items():
+            if actual[name] != expected:
+                raise ArtifactError(f"{path / name}: checksum mismatch (sha256 {actual[name][:12]}…, manifest says "
                                     f"{expected[:12]}…): the file was changed or corrupted; rebuild the artifact.")
     return manifest
 

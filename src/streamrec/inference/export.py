@@ -35,6 +35,7 @@ def export_artifact(
     seed: int = 0,
     progress: bool = True,
     item_vectors: np.ndarray | None = None,
+    exclude: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Embed the catalogue, build and tune the index, write the artifact atomically.
 
@@ -49,6 +50,8 @@ def export_artifact(
         factory: FAISS factory string or ``auto`` (by catalogue size).
         target_recall: recall@k against exact search that the search parameter must reach.
         item_vectors: precomputed [n_items, d] vectors (default: computed from ``model``).
+        exclude: per query, the item rows its member watched: tuning then measures
+            recall@k of what is served (watched titles excluded), not of the raw top-k.
 
     Returns the manifest.
     """
@@ -68,7 +71,8 @@ def export_artifact(
     factory = auto_factory(n) if factory == "auto" else factory
     index = build_index(item_vectors, factory, seed=seed, progress=progress)
     built = time.perf_counter()
-    value, measured, sweep = tune(index, item_vectors, queries, k=min(k, n), target_recall=target_recall)
+    value, measured, sweep = tune(index, item_vectors, queries, k=min(k, n), target_recall=target_recall,
+                                  exclude=exclude)
     parameter = search_parameter(index)
     if measured < target_recall:
         log.warning("%s reached recall@%d %.3f < target %.3f at best; consider another factory string.",
@@ -93,7 +97,7 @@ def export_artifact(
             "score": {"metric": "inner_product", "normalized": model.config.normalize, "dim": model.config.dim},
             "index": {"factory": factory, "search_parameter": parameter, "search_value": value,
                       "k": k, "target_recall": target_recall, "measured_recall": measured,
-                      "tuning_queries": len(queries), "n_items": n, "build_seconds": round(built - started, 3),
+                      "tuning_queries": len(queries), "watched_titles_excluded": exclude is not None, "n_items": n, "build_seconds": round(built - started, 3),
                       "sweep": sweep_records(sweep)},
             "data": {
                 "item_id_kind": data_spec["item_map"]["kind"],

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class ItemTable:
@@ -43,6 +44,8 @@ class ItemTable:
                 offsets = column.offsets.to_numpy().astype(np.int64)
                 values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
                 lists[name] = (offsets - offsets[0], values)
+            elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                scalars[name] = column  # converted one value at a time: a million titles load instantly
             else:
                 scalars[name] = column.to_numpy(zero_copy_only=False)
         return cls(len(table), scalars, lists)
@@ -54,6 +57,11 @@ class ItemTable:
         for c in lists:  # a list column with missing cells: make them empty lists
             frame[c] = frame[c].map(lambda v: list(v) if isinstance(v, (list, tuple, np.ndarray)) else [])
         return cls.from_arrow(pa.Table.from_pandas(frame, preserve_index=False))
+
+    def value(self, column: str, i: int) -> Any:
+        """Row ``i`` of scalar ``column`` as a Python value (None when missing)."""
+        values = self.scalars.get(column)
+        return None if values is None else _python(values[i])
 
     def row(self, i: int) -> dict[str, Any]:
         out = {name: _python(values[i]) for name, values in self.scalars.items()}
@@ -69,7 +77,10 @@ class ItemTable:
             member = np.concatenate([[0], np.cumsum(np.isin(values, allowed))])
             return member[offsets[1:]] > member[offsets[:-1]]
         if column in self.scalars:
-            return np.isin(self.scalars[column], allowed)
+            values = self.scalars[column]
+            if isinstance(values, pa.Array):
+                return pc.is_in(values, value_set=pa.array([str(a) for a in allowed])).to_numpy(zero_copy_only=False)
+            return np.isin(values, allowed)
         raise ValueError(f"filters: unknown metadata column {column!r}; the items have {self.columns}.")
 
     def append(self, other: "ItemTable") -> "ItemTable":
@@ -77,6 +88,9 @@ class ItemTable:
         scalars = {}
         for name in dict.fromkeys([*self.scalars, *other.scalars]):
             parts = [t.scalars[name] if name in t.scalars else np.full(t.n, None, dtype=object) for t in (self, other)]
+            if any(isinstance(p, pa.Array) for p in parts):
+                scalars[name] = pa.concat_arrays([_strings(p) for p in parts])
+                continue
             if parts[0].dtype != parts[1].dtype:
                 parts = [p.astype(object) for p in parts]
             scalars[name] = np.concatenate(parts)
@@ -88,11 +102,19 @@ class ItemTable:
         return ItemTable(self.n + other.n, scalars, lists)
 
 
+def _strings(values: pa.Array | np.ndarray) -> pa.Array:
+    if isinstance(values, pa.Array):
+        return values.cast(pa.large_string())
+    return pa.array([None if _python(v) is None else str(v) for v in values], type=pa.large_string())
+
+
 def _empty_lists(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(n + 1, np.int64), np.array([], dtype=object)
 
 
 def _python(value: Any) -> Any:
+    if isinstance(value, pa.Scalar):
+        return value.as_py()
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

@@ -59,8 +59,7 @@ class Recommendation:
 
     @property
     def title(self) -> str | None:
-        titles = self._table.scalars.get("title")
-        return None if titles is None else titles[self._row]
+        return self._table.value("title", self._row)
 
     def __repr__(self) -> str:
         return f"Recommendation(item_id={self.item_id!r}, score={self.score:.4f}, title={self.title!r})"
@@ -164,9 +163,10 @@ class Recommender:
         manifest = read_manifest(path, verify=verify)
         try:
             config = TwoTowerConfig(**manifest["model"])
-            query_tower = _load_module(path / "query_tower.pt", lambda: QueryTower(config))
+            query_tower = _load_module(path / "query_tower.pt",
+                                       lambda state: QueryTower(config, state.get("history_embedding.weight")))
             item_config = TwoTowerConfig(**{**manifest["model"], "use_item_ids": False})
-            item_tower = _load_module(path / "item_tower.pt", lambda: ItemTower(item_config))
+            item_tower = _load_module(path / "item_tower.pt", lambda state: ItemTower(item_config))
             index = _read_index(path / "index.faiss")
             set_search_parameter(index, manifest["index"]["search_value"])
             vectors = _read_npy(path / "item_vectors.npy")
@@ -645,16 +645,15 @@ def _mmr(vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int,
 
 def _load_module(path: Path, build) -> torch.nn.Module:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing from the artifact.") from None
     except Exception as error:  # torch raises several types for a corrupted file
         raise ArtifactError(f"{path}: cannot be read as weights ({error}).") from None
-    with torch.device("meta"):
-        module = build()
     try:
+        module = build(state)
         module.load_state_dict(state, assign=True)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise ArtifactError(f"{path}: weights do not match the manifest's model arguments ({error}).") from None
     return module.eval()
 
@@ -670,7 +669,8 @@ def _read_index(path: Path) -> faiss.Index:
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        # Memory-mapped and read-only: pages load on first use; snapshots never write to it.
+        return np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing from the artifact.") from None
     except ValueError as error:

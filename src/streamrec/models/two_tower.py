@@ -105,14 +105,22 @@ class QueryTower(nn.Module):
     changed a minute ago, is served without retraining.
     """
 
-    def __init__(self, config: TwoTowerConfig):
+    def __init__(self, config: TwoTowerConfig, history_weight: torch.Tensor | None = None):
+        """``history_weight``: a trained [n_items + 1, d] history table to use as is (skips
+        the random initialisation of the largest tensor when loading for serving)."""
         super().__init__()
         d = config.dim
         self.config = config
-        self.history_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0)
-        nn.init.normal_(self.history_embedding.weight, std=0.05)
-        with torch.no_grad():
-            self.history_embedding.weight[0].zero_()
+        if history_weight is not None:
+            if tuple(history_weight.shape) != (config.n_items + 1, d):
+                raise ValueError(f"history_weight has shape {tuple(history_weight.shape)}, expected "
+                                 f"({config.n_items + 1}, {d}).")
+            self.history_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0, _weight=history_weight)
+        else:
+            self.history_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0)
+            nn.init.normal_(self.history_embedding.weight, std=0.05)
+            with torch.no_grad():
+                self.history_embedding.weight[0].zero_()
         self.watch_proj = nn.Linear(1, d) if config.use_watch_fraction else None
         self.recency_embedding = nn.Embedding(RECENCY_BUCKETS + 1, d) if config.use_recency else None
         if config.pooling == "attention":

@@ -58,12 +58,12 @@ def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if data.item_map.to_dict() != spec["item_map"]:
         raise ValueError(f"the data config gives a different catalogue than {checkpoint} was trained on; "
                          "pass the same data config as training.")
-    queries = _tuning_queries(module, data, spec, cfg.index.tuning_queries, cfg.seed)
+    queries, watched = _tuning_queries(module, data, spec, cfg.index.tuning_queries, cfg.seed)
     index_cfg = cfg.index
     output = Path(index_cfg.output_dir)
     manifest = export_artifact(
         output, module.model, spec, data.items, data.item_popularity(), queries, factory=index_cfg.factory,
-        target_recall=index_cfg.target_recall, k=index_cfg.k, seed=cfg.seed,
+        target_recall=index_cfg.target_recall, k=index_cfg.k, seed=cfg.seed, exclude=watched,
     )
     info = manifest["index"]
     summary = pd.DataFrame([{
@@ -76,8 +76,10 @@ def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return manifest, {"module": module, "data": data, "checkpoint": checkpoint}
 
 
-def _tuning_queries(module: TwoTowerModule, data, spec: dict[str, Any], n: int, seed: int) -> np.ndarray:
-    """Query vectors of up to ``n`` test members (held out from training)."""
+def _tuning_queries(module: TwoTowerModule, data, spec: dict[str, Any], n: int,
+                    seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Query vectors of up to ``n`` test members (held out from training) and the titles
+    each has watched (excluded when serving them)."""
     datamodule = RetrievalDataModule(data, max_history=module.config.max_history,
                                      history_mode=spec.get("history_mode", "set"))
     users = datamodule.eval_users("test")
@@ -85,5 +87,7 @@ def _tuning_queries(module: TwoTowerModule, data, spec: dict[str, Any], n: int, 
         raise ValueError("the split has no test members to tune the index on.")
     users = np.random.default_rng(seed).permutation(users)[:n]
     with torch.inference_mode():
-        batch = datamodule.eval_batch(users, "test", with_targets=False)
-        return module.model.query(batch).numpy()
+        batch = datamodule.eval_batch(users, "test")
+        queries = module.model.query(batch).numpy()
+    watched = [row[row >= 0] for row in batch["exclude"].numpy()]
+    return queries, watched
