@@ -118,7 +118,7 @@ class _Request:
     seen: list[int]  # catalogue rows of the history (to exclude)
     unknown: list[Any]
     rows: list[int]  # the history the query tower reads: titles it was trained with, in time order
-    watch: list[float]
+    watch: list[float] | None  # None = fully watched
     times: list[float] | None
     now: float | None
     features: Mapping[str, Any] | None
@@ -419,7 +419,7 @@ class Recommender:
                 self._check_id(item_id, f"{name}[{position}]")
         lookup = catalogue.rows
         rows = [lookup.get(item_id) for item_id in history]
-        kept = list(range(n))
+        kept = range(n)
         unknown: list[Any] = []
         if None in rows:
             unknown = [item_id for item_id, row in zip(history, rows) if row is None]
@@ -429,7 +429,7 @@ class Recommender:
             if strict:
                 raise UnknownItemsError(f"{name}: ids not in the catalogue: {unknown[:10]} (strict mode).")
             log.debug("%s: skipped %d unknown ids", name, len(unknown))
-        if times is not None and kept and any(times[a] > times[b] for a, b in zip(kept, kept[1:])):
+        if times is not None and rows and any(times[a] > times[b] for a, b in zip(kept, kept[1:])):
             order = sorted(range(len(kept)), key=lambda j: times[kept[j]])
             kept, rows = [kept[j] for j in order], [rows[j] for j in order]
         if member_features is not None:
@@ -437,12 +437,12 @@ class Recommender:
         seen = rows
         # Titles added after training have no history embedding: excluded, but not read.
         trained = self.config.n_items
-        if any(row >= trained for row in rows):
+        if rows and max(rows) >= trained:
             pairs = [(p, r) for p, r in zip(kept, rows) if r < trained]
             kept, rows = [p for p, _ in pairs], [r for _, r in pairs]
         return _Request(
             seen=seen, unknown=unknown, rows=rows,
-            watch=[watch[p] for p in kept] if watch is not None else [1.0] * len(kept),
+            watch=[watch[p] for p in kept] if watch is not None else None,
             times=[times[p] for p in kept] if times is not None else None,
             now=now, features=member_features, device=device,
         )
@@ -466,7 +466,7 @@ class Recommender:
             rows = r.rows[-length:]
             m = len(rows)
             history[i, length - m:] = np.asarray(rows) + 1
-            watch[i, length - m:] = r.watch[-length:]
+            watch[i, length - m:] = r.watch[-length:] if r.watch is not None else 1.0
             reference = r.now if r.now is not None else (max(r.times) if r.times else None)
             if reference is not None:
                 if r.times:
