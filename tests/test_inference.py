@@ -254,11 +254,11 @@ def test_unknown_ids_are_skipped_and_reported_or_raise_in_strict_mode(recommende
     ({"history": [1000, "1001"]}, r"history\[1\]: item ids of this catalogue are integers"),
     ({"history": [1000.0]}, r"history\[0\]: item ids of this catalogue are integers"),
     ({"history": "1000"}, "history: expected a sequence of item ids"),
-    ({"timestamps": [1.0, float("nan")]}, r"timestamps \(history\)\[1\] is NaN"),
+    ({"timestamps": [1.0, float("nan")]}, r"timestamps \(history\)\[1\] is nan"),
     ({"timestamps": [1.0]}, "timestamps .* 1 values for 2 history items"),
-    ({"watch_fractions": [0.5, float("nan")]}, r"watch_fractions \(history\)\[1\] is NaN"),
+    ({"watch_fractions": [0.5, float("nan")]}, r"watch_fractions \(history\)\[1\] is nan"),
     ({"watch_fractions": [0.5, 1.5]}, r"watch_fractions .* must lie in \[0, 1\]"),
-    ({"member_features": {"plan": float("nan")}}, r"member_features\['plan'\] is NaN"),
+    ({"member_features": {"plan": float("nan")}}, r"member_features\[.plan.\] is nan"),
     ({"now": float("nan")}, "now: expected unix seconds"),
     ({"diversity": 1.5}, r"diversity: expected a number in \[0, 1\]"),
     ({"filters": {"genres": "Comedy"}}, r"filters\['genres'\]: expected a list"),
@@ -476,3 +476,65 @@ def test_artifact_directory_is_readable_by_others(artifact):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o777 & ~umask
+
+
+def test_string_item_ids_serve_end_to_end(tmp_path):
+    model, spec, items, popularity = tiny_catalogue()
+    items = items.assign(item_id=[f"tt{i:05d}" for i in range(N_ITEMS)])
+    spec = {**spec, "item_map": {"kind": "str", "ids": items["item_id"].tolist()}}
+    export_artifact(tmp_path / "s", model, spec, items, popularity, model.all_item_vectors().numpy()[:10],
+                    factory="Flat", progress=False)
+    recommender = Recommender.load(tmp_path / "s")
+    result = recommender.recommend(["tt00003", "tt00017", "nope"], k=5)
+    assert all(isinstance(i, str) for i in result.item_ids) and result.unknown_ids == ("nope",)
+    scores = model_scores(model, [3, 17])
+    scores[[3, 17]] = float("-inf")
+    assert result.item_ids == [f"tt{i:05d}" for i in torch.topk(scores, 5).indices.tolist()]
+    assert recommender.similar_items("tt00003", k=3).item_ids[0].startswith("tt")
+    assert recommender.recommend([], k=2).source == "popularity"
+    recommender.add_items([{"item_id": "new-1", "title": "New", "genres": ["Drama"], "year": 2024.0}])
+    assert "new-1" in recommender.recommend(["tt00003"], k=N_ITEMS + 1).item_ids
+    with pytest.raises(ValueError, match="strings"):
+        recommender.recommend([3])
+
+
+def test_a_removed_title_is_still_read_from_histories(artifact):
+    recommender = Recommender.load(artifact[0])
+    ids = artifact[2]["item_id"].tolist()
+    history = ids[:6]
+    before = recommender.recommend(history, k=20)
+    recommender.remove_items([history[0]])
+    after = recommender.recommend(history, k=20)
+    assert after.unknown_ids == ()
+    assert after.item_ids == before.item_ids  # same query; the removed title was never a candidate here
+    assert recommender.recommend(history, k=5, strict=True).source == "model"
+
+
+def test_added_metadata_keeps_column_types(artifact):
+    recommender = Recommender.load(artifact[0])
+    recommender.add_items([{"item_id": 7000, "title": "T", "genres": ["Drama"], "year": "1999"}])
+    table = recommender._catalogue.table
+    assert table.scalars["year"].dtype.kind == "f"
+    found = recommender.recommend([1000], k=N_ITEMS + 1, filters={"year": [1999]})
+    assert 7000 in found.item_ids and all(r.metadata["year"] == 1999 for r in found)
+    assert len(found) == 1 + int((artifact[2]["year"] == 1999).sum())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"member_features": {"plan": np.float32("nan")}}, r"member_features\['plan'\]"),
+    ({"timestamps": [1.0, float("inf")]}, r"timestamps \(history\)\[1\] is inf"),
+    ({"now": float("inf")}, "now: expected unix seconds"),
+    ({"filters": {"genres": [["Comedy"]]}}, r"filters\['genres'\]: allowed values must be plain"),
+])
+def test_more_bad_input_names_the_argument(recommender, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        recommender.recommend([1000, 1001], **kwargs)
+
+
+def test_manifest_without_checksums_is_rejected(copy_of_artifact):
+    manifest_path = copy_of_artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="lists no files"):
+        Recommender.load(copy_of_artifact)

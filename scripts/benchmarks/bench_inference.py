@@ -147,7 +147,7 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         result = recommender.recommend(h, k=10)
         t3 = time.perf_counter()
         catalogue = recommender._catalogue
-        rows, scores = recommender._search(catalogue, vectors[i:i + 1], 10, [test[i].tolist()], None, 0.0)[0]
+        rows, scores = recommender._search(catalogue, vectors[i:i + 1], 10, [test[i].tolist()], None, 0.0, 1)[0]
         recommender._result(catalogue, rows, scores, [], "model")
         t4 = time.perf_counter()
         tower_t.append(t1 - t0)

@@ -200,7 +200,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
 
 
 def plot_sweep(sweep: list[SweepPoint], parameter: str | None, chosen: int | None, path: str | Path,
-               title: str = "") -> None:
+               title: str = "", target_recall: float | None = None) -> None:
     """Recall@k against single-query latency, one point per search-parameter value."""
     import matplotlib
 
@@ -213,6 +213,9 @@ def plot_sweep(sweep: list[SweepPoint], parameter: str | None, chosen: int | Non
         label = f"{parameter}={p.value}" if parameter else "exact"
         ax.annotate(label, (p.p50_ms, p.recall), textcoords="offset points", xytext=(4, -10), fontsize=7,
                     fontweight="bold" if p.value == chosen else "normal")
+    if target_recall is not None:
+        ax.axhline(target_recall, color="grey", linestyle="--", linewidth=1, label=f"target {target_recall:g}")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per query (ms, 1 thread)")
     ax.set_ylabel("recall@k vs exact search")

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,7 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (index.overwrite=true) to replace it.")
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -66,14 +67,19 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; readers may be other users
         if path.exists():
-            # Swap: the old bundle is moved aside first, so `path` is never half written.
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.rmdir(old)
+            # Swap: the old bundle is moved aside first, so `path` is never half written
+            # (a reader may find no bundle for an instant, never a mixed one).
+            old = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.old")
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous bundle back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,7 +107,9 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
             "rebuild the artifact with this version's `scripts/build_index.py` or install the matching streamrec."
         )
     if verify:
-        files = manifest.get("files", {})
+        files = manifest.get("files")
+        if not files:
+            raise ArtifactError(f"{manifest_path}: lists no files and checksums; rebuild the artifact.")
         for name in files:
             if not (path / name).is_file():
                 raise ArtifactError(f"{path / name}: missing from the artifact (listed in {MANIFEST}).")
@@ -119,3 +127,13 @@ def _fsync_dir(directory: Path) -> None:
     for file in directory.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

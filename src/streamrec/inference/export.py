@@ -88,7 +88,7 @@ def export_artifact(
         frame = items.reset_index(drop=True).assign(popularity=np.asarray(popularity, dtype=np.int64))
         frame.to_parquet(tmp / "items.parquet", index=False)
         plot_sweep(sweep, parameter, value, tmp / "recall_latency.png",
-                   title=f"{factory}, {n:,} titles: recall@{k} vs latency")
+                   title=f"{factory}, {n:,} titles: recall@{k} vs latency", target_recall=target_recall)
         return {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"streamrec": streamrec.__version__, "torch": torch.__version__,

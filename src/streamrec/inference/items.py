@@ -88,12 +88,22 @@ class ItemTable:
         scalars = {}
         for name in dict.fromkeys([*self.scalars, *other.scalars]):
             parts = [t.scalars[name] if name in t.scalars else np.full(t.n, None, dtype=object) for t in (self, other)]
-            if any(isinstance(p, pa.Array) for p in parts):
+            existing, added = parts
+            if isinstance(existing, np.ndarray) and isinstance(added, pa.Array):
+                added = np.asarray(added.to_pylist(), dtype=object)
+            if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
                 scalars[name] = pa.concat_arrays([_strings(p) for p in parts])
                 continue
-            if parts[0].dtype != parts[1].dtype:
-                parts = [p.astype(object) for p in parts]
-            scalars[name] = np.concatenate(parts)
+            if existing.dtype != added.dtype and existing.dtype.kind in "iufb":
+                try:  # keep the column's type: a numeric column stays numeric
+                    added = pd.to_numeric(pd.Series(added, dtype=object), errors="raise").to_numpy()
+                    added = added.astype(np.result_type(existing.dtype, added.dtype))
+                except (TypeError, ValueError):
+                    raise ValueError(f"items.{name}: the catalogue's {name} is numeric, got {list(added[:5])}.") from None
+                existing = existing.astype(added.dtype)
+            elif existing.dtype != added.dtype:
+                existing, added = existing.astype(object), added.astype(object)
+            scalars[name] = np.concatenate([existing, added])
         lists = {}
         for name in dict.fromkeys([*self.lists, *other.lists]):
             o1, v1 = self.lists.get(name, _empty_lists(self.n))

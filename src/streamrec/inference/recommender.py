@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SECONDS_PER_DAY = 86400.0
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
+FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 
 
 class UnknownItemsError(ValueError):
@@ -104,13 +106,16 @@ class _Catalogue:
     index: faiss.Index
     vectors: np.ndarray  # [rows, d]; row i = FAISS id i (removed rows stay, inactive)
     item_ids: np.ndarray  # [rows] raw id of each row
-    rows: dict[Any, int]  # raw id -> row, active titles only
+    rows: dict[Any, int]  # raw id -> row, active titles only (what can be recommended)
+    history_rows: dict[Any, int]  # raw id -> row the query tower reads (removed titles too)
     active: np.ndarray  # [rows] bool
-    tombstones: frozenset[int]  # removed rows the index could not delete (HNSW)
     table: ItemTable  # metadata per row
     popular: np.ndarray  # active rows, most training views first
     popularity: np.ndarray  # [rows] training views
-    masks: dict = field(default_factory=dict)  # filter cache: (column, values) -> [rows] bool
+    version: int = 0  # bumped by every change (keys the filter cache)
+    # Removed rows the index cannot delete (HNSW): searches skip them with a FAISS selector.
+    search_params: Any = None
+    keep_alive: Any = None  # the selector and its bitmap (SWIG holds no Python reference)
 
 
 @dataclass
@@ -120,7 +125,7 @@ class _Request:
     rows: list[int]  # the history the query tower reads: titles it was trained with, in time order
     watch: list[float] | None  # None = fully watched
     times: list[float] | None
-    now: float | None
+    now: float | None  # the request's moment: `now`, else the latest given view time
     features: Mapping[str, Any] | None
     device: Any
 
@@ -138,6 +143,8 @@ class Recommender:
         self.threads = threads
         self._catalogue = catalogue
         self._write_lock = threading.Lock()
+        self._masks: OrderedDict = OrderedDict()  # (version, column, values) -> [rows] bool, LRU
+        self._masks_lock = threading.Lock()
         spec = manifest["data"]
         self._id_kind = spec["item_id_kind"]
         self._device_codes = {d: i + 1 for i, d in enumerate(spec["device_vocab"])}
@@ -174,14 +181,17 @@ class Recommender:
         except KeyError as error:
             raise ArtifactError(f"{path / 'manifest.json'}: missing field {error}; rebuild the artifact.") from None
         item_ids = table.scalars.pop("item_id")
+        if not isinstance(item_ids, np.ndarray):  # string ids arrive as an arrow array
+            item_ids = np.asarray(item_ids.to_pylist(), dtype=object)
         n = len(item_ids)
         if vectors.shape != (n, config.dim) or index.ntotal != n:
             raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
                                 f"items.parquet {n} rows disagree; rebuild the artifact.")
         popularity = np.asarray(table.scalars.get("popularity", np.zeros(n)), dtype=np.float64)
+        rows = dict(zip(item_ids.tolist(), range(n)))
         catalogue = _Catalogue(
-            index=index, vectors=vectors, item_ids=item_ids, rows=dict(zip(item_ids.tolist(), range(n))),
-            active=np.ones(n, dtype=bool), tombstones=frozenset(), table=table,
+            index=index, vectors=vectors, item_ids=item_ids, rows=rows, history_rows=rows,
+            active=np.ones(n, dtype=bool), table=table,
             popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
         )
         return cls(path, manifest, query_tower, item_tower, catalogue, threads or faiss.omp_get_max_threads())
@@ -221,7 +231,9 @@ class Recommender:
             timestamps: unix seconds of each view (same length as ``history``).
             watch_fractions: share of each title watched, in [0, 1] (default 1).
             now: unix seconds of the request, the reference for recency and hour of day
-                (default: the latest timestamp, as in training's evaluation).
+                (default: the latest of ``timestamps``, the reference the model was
+                evaluated with in ``set`` history mode; pass the real time for
+                ``sequential`` models and live traffic).
             member_features: member attributes the model was trained with (e.g.
                 ``{"age": 31, "country": "SE"}``); absent ones count as unknown.
             device: the request's device (a value of the training data's device column).
@@ -240,8 +252,10 @@ class Recommender:
         if not request.rows:
             return self._popular(catalogue, request, k, exclude_seen, mask)
         query = self._queries([request])
-        faiss.omp_set_num_threads(1)  # per calling thread: concurrent callers share the cores
-        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else ()], mask, diversity)[0]
+        # One thread per call (OpenMP's setting is per calling thread): concurrent callers
+        # share the cores instead of each starting a team of its own.
+        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else ()], mask, diversity,
+                                    threads=1)[0]
         return self._result(catalogue, rows, scores, request.unknown, "model")
 
     def recommend_batch(
@@ -269,6 +283,8 @@ class Recommender:
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
         b = len(histories)
+        if isinstance(now, np.ndarray):
+            now = now.tolist()
         per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
                       "devices": devices, "now": now if isinstance(now, Sequence) else None}
         for name, values in per_member.items():
@@ -290,9 +306,8 @@ class Recommender:
         modelled = [i for i, r in enumerate(requests) if r.rows]
         if modelled:
             queries = self._queries([requests[i] for i in modelled])
-            faiss.omp_set_num_threads(self.threads)
             found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else () for i in modelled],
-                                 mask, diversity)
+                                 mask, diversity, threads=self.threads)
             for i, (rows, scores) in zip(modelled, found):
                 results[i] = self._result(catalogue, rows, scores, requests[i].unknown, "model")
         for i, request in enumerate(requests):
@@ -310,9 +325,9 @@ class Recommender:
         row = catalogue.rows.get(item_id)
         if row is None:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
-        faiss.omp_set_num_threads(1)
         mask = self._filter_mask(catalogue, filters)
-        rows, scores = self._search(catalogue, catalogue.vectors[row][None], k, [[row]], mask, diversity)[0]
+        rows, scores = self._search(catalogue, np.asarray(catalogue.vectors[row][None]), k, [[row]], mask, diversity,
+                                    threads=1)[0]
         return self._result(catalogue, rows, scores, [], "model")
 
     def add_items(self, items: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -345,20 +360,29 @@ class Recommender:
             metadata = frame.drop(columns=["item_id"]).assign(popularity=0)
             rows = dict(old.rows)
             rows.update(zip(ids, new_rows.tolist()))
+            history_rows = dict(old.history_rows)  # a re-added title keeps its trained history row
+            for item_id, row in zip(ids, new_rows.tolist()):
+                history_rows.setdefault(item_id, row)
+            item_ids = np.empty(len(old.item_ids) + len(ids), dtype=old.item_ids.dtype)
+            item_ids[:start] = old.item_ids
+            item_ids[start:] = ids
+            active = np.concatenate([old.active, np.ones(len(ids), dtype=bool)])
             self._catalogue = _Catalogue(
-                index=index, vectors=np.concatenate([old.vectors, vectors]),
-                item_ids=np.concatenate([old.item_ids, np.asarray(ids, dtype=old.item_ids.dtype)]),
-                rows=rows, active=np.concatenate([old.active, np.ones(len(ids), dtype=bool)]),
-                tombstones=old.tombstones, table=old.table.append(ItemTable.from_frame(metadata)),
+                index=index, vectors=np.concatenate([old.vectors, vectors]), item_ids=item_ids, rows=rows,
+                history_rows=history_rows, active=active, table=old.table.append(ItemTable.from_frame(metadata)),
                 popular=np.concatenate([old.popular, new_rows]),
-                popularity=np.concatenate([old.popularity, np.zeros(len(ids))]),
+                popularity=np.concatenate([old.popularity, np.zeros(len(ids))]), version=old.version + 1,
+                **_removal_search(index, active, self.manifest["index"]["search_value"], old.search_params),
             )
         log.info("added %d titles", len(ids))
         return ids
 
     def remove_items(self, item_ids: Iterable[Any]) -> None:
-        """Stop recommending ``item_ids`` (unknown ids raise ``ValueError``)."""
-        item_ids = list(item_ids)
+        """Stop recommending ``item_ids`` (unknown ids raise ``UnknownItemsError``).
+
+        Members who watched a removed title still have it read from their history.
+        """
+        item_ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             old = self._catalogue
             missing = [i for i in item_ids if i not in old.rows]
@@ -366,11 +390,11 @@ class Recommender:
                 raise UnknownItemsError(f"item_ids: not in the catalogue: {missing[:10]}.")
             rows = np.array([old.rows[i] for i in item_ids], dtype=np.int64)
             index = faiss.clone_index(old.index)
-            tombstones = old.tombstones
+            deleted = True
             try:
                 index.remove_ids(rows)
-            except RuntimeError:  # HNSW cannot delete: keep the vectors, filter them out
-                tombstones = tombstones | frozenset(rows.tolist())
+            except RuntimeError:  # HNSW cannot delete: searches skip the rows instead
+                deleted = False
             set_search_parameter(index, self.manifest["index"]["search_value"])
             active = old.active.copy()
             active[rows] = False
@@ -378,17 +402,12 @@ class Recommender:
             for i in item_ids:
                 del remaining[i]
             self._catalogue = _Catalogue(
-                index=index, vectors=old.vectors, item_ids=old.item_ids, rows=remaining, active=active,
-                tombstones=tombstones, table=old.table, popular=old.popular[active[old.popular]],
-                popularity=old.popularity,
+                index=index, vectors=old.vectors, item_ids=old.item_ids, rows=remaining,
+                history_rows=old.history_rows, active=active, table=old.table,
+                popular=old.popular[active[old.popular]], popularity=old.popularity, version=old.version + 1,
+                **_removal_search(index, active, self.manifest["index"]["search_value"],
+                                  old.search_params if deleted else True),
             )
-
-    def query_vectors(self, histories: Sequence[Sequence[Any]], **kwargs: Any) -> np.ndarray:
-        """Query-tower vectors [B, d] for ``histories`` (same arguments as recommend_batch)."""
-        catalogue = self._catalogue
-        requests = [self._request(h, catalogue, None, None, kwargs.get("now"), None, None, False, f"histories[{i}]")
-                    for i, h in enumerate(histories)]
-        return self._queries(requests)
 
     # -- request encoding ----------------------------------------------------------------
     def _check_id(self, item_id: Any, name: str) -> None:
@@ -409,7 +428,7 @@ class Recommender:
         watch = _numbers(watch_fractions, n, "watch_fractions", name) if watch_fractions is not None else None
         if watch is not None and any(w < 0 or w > 1 for w in watch):
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
-        if now is not None and (not isinstance(now, (int, float, np.number)) or math.isnan(now)):
+        if now is not None and (not isinstance(now, (int, float, np.number)) or not math.isfinite(now)):
             raise ValueError(f"now: expected unix seconds, got {now!r}.")
         if isinstance(history, np.ndarray):
             history = history.tolist()
@@ -417,7 +436,7 @@ class Recommender:
         if not all(type(item_id) is exact_type for item_id in history):  # noqa: E721 - bool is not an id
             for position, item_id in enumerate(history):
                 self._check_id(item_id, f"{name}[{position}]")
-        lookup = catalogue.rows
+        lookup = catalogue.history_rows
         rows = [lookup.get(item_id) for item_id in history]
         kept = range(n)
         unknown: list[Any] = []
@@ -434,7 +453,8 @@ class Recommender:
             kept, rows = [kept[j] for j in order], [rows[j] for j in order]
         if member_features is not None:
             self._check_features(member_features)
-        seen = rows
+        active = catalogue.rows
+        seen = rows if active is lookup else [active[i] for i in history if i in active]
         # Titles added after training have no history embedding: excluded, but not read.
         trained = self.config.n_items
         if rows and max(rows) >= trained:
@@ -444,15 +464,15 @@ class Recommender:
             seen=seen, unknown=unknown, rows=rows,
             watch=[watch[p] for p in kept] if watch is not None else None,
             times=[times[p] for p in kept] if times is not None else None,
-            now=now, features=member_features, device=device,
+            now=now if now is not None or not times else max(times), features=member_features, device=device,
         )
 
     def _check_features(self, features: Mapping[str, Any]) -> None:
         if not isinstance(features, Mapping):
             raise ValueError(f"member_features: expected a mapping of feature -> value, got {type(features).__name__}.")
         for key, value in features.items():
-            if isinstance(value, float) and math.isnan(value):
-                raise ValueError(f"member_features[{key!r}] is NaN; leave the feature out when it is unknown.")
+            if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+                raise ValueError(f"member_features[{key!r}] is {value}; leave the feature out when it is unknown.")
 
     def _queries(self, requests: list[_Request]) -> np.ndarray:
         """Query-tower vectors [B, d] float32."""
@@ -467,7 +487,7 @@ class Recommender:
             m = len(rows)
             history[i, length - m:] = np.asarray(rows) + 1
             watch[i, length - m:] = r.watch[-length:] if r.watch is not None else 1.0
-            reference = r.now if r.now is not None else (max(r.times) if r.times else None)
+            reference = r.now
             if reference is not None:
                 if r.times:
                     age[i, length - m:] = np.maximum(reference - np.asarray(r.times[-length:]), 0) / SECONDS_PER_DAY
@@ -496,52 +516,75 @@ class Recommender:
                 try:
                     number = float(value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"member_features[{column!r}]: expected a number, got {value!r}.") from None
+                    number = math.nan
+                if not math.isfinite(number):
+                    raise ValueError(f"member_features[{column!r}]: expected a finite number, got {value!r}.")
                 codes.append(int(np.searchsorted(self._feature_edges[column], number, side="right")) + 1)
             else:
                 codes.append(self._feature_codes[column].get(str(value), 0))
         return codes
 
     # -- search --------------------------------------------------------------------------
-    def _filter_mask(self, catalogue: _Catalogue, filters: Mapping[str, Iterable[Any]] | None) -> np.ndarray | None:
+    def _filter_mask(self, catalogue: _Catalogue,
+                     filters: Mapping[str, Iterable[Any]] | None) -> tuple[np.ndarray, int] | None:
+        """[rows] bool of active titles passing every filter, and how many pass (cached, LRU)."""
         if not filters:
             return None
         if not isinstance(filters, Mapping):
             raise ValueError("filters: expected a mapping of metadata column -> allowed values.")
-        mask = None
+        key_parts = []
         for column, allowed in filters.items():
             if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable):
                 raise ValueError(f"filters[{column!r}]: expected a list of allowed values, got {allowed!r}.")
-            key = (column, frozenset(allowed))
-            part = catalogue.masks.get(key)
-            if part is None:
-                part = catalogue.table.mask(column, key[1])
-                catalogue.masks[key] = part
-            mask = part if mask is None else mask & part
-        return mask
+            try:
+                key_parts.append((column, frozenset(allowed)))
+            except TypeError:
+                raise ValueError(f"filters[{column!r}]: allowed values must be plain values (str, int, ...), "
+                                 f"got {allowed!r}.") from None
+        key = (catalogue.version, tuple(sorted(key_parts, key=lambda part: str(part[0]))))
+        with self._masks_lock:
+            cached = self._masks.get(key)
+            if cached is not None:
+                self._masks.move_to_end(key)
+                return cached
+        mask = catalogue.active.copy()
+        for column, allowed in key_parts:
+            mask &= catalogue.table.mask(column, allowed)
+        entry = (mask, int(mask.sum()))
+        with self._masks_lock:
+            self._masks[key] = entry
+            while len(self._masks) > FILTER_CACHE_SIZE:
+                self._masks.popitem(last=False)
+        return entry
 
     def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[Sequence[int]],
-                mask: np.ndarray | None, diversity: float) -> list[tuple[np.ndarray, np.ndarray]]:
+                filtered: tuple[np.ndarray, int] | None, diversity: float,
+                threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top rows and scores per query, after exclusions, filters and MMR."""
         pool = max(MMR_POOL * k, 50) if diversity > 0 else k
-        allowed_share = 1.0 if mask is None else max(mask[catalogue.active].mean() if catalogue.active.any() else 0, 1e-9)
-        hidden = max((len(e) for e in excludes), default=0) + len(catalogue.tombstones)
-        # Ask for enough extra results to survive exclusions and filters (each filter keeps a
-        # share `allowed_share` of titles); fall back to an exact scan if that was not enough.
-        wanted = math.ceil((pool + hidden) / allowed_share * (1.2 if mask is not None else 1.0))
+        mask, allowed = filtered if filtered is not None else (None, len(catalogue.rows))
         ntotal = catalogue.index.ntotal
+        exact = ntotal == 0 or (mask is not None and allowed <= EXACT_SEARCH_MAX_ROWS)
+        if not exact:
+            # Ask for enough extra results to survive the exclusions and the filter (which
+            # keeps a share allowed / active of titles); an exact scan covers any shortfall.
+            share = max(allowed, 1) / max(len(catalogue.rows), 1)
+            hidden = max((len(e) for e in excludes), default=0)
+            wanted = min(math.ceil((pool + hidden) / share * (1.2 if mask is not None else 1.0)), ntotal)
+            previous = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(threads)
+            try:
+                scores, labels = catalogue.index.search(queries, wanted, params=catalogue.search_params)
+            finally:
+                faiss.omp_set_num_threads(previous)
         results = []
-        exact = mask is not None and int(mask.sum()) <= EXACT_SEARCH_MAX_ROWS
-        if not exact and ntotal:
-            scores, labels = catalogue.index.search(queries, min(wanted, ntotal))
         for i, query in enumerate(queries):
             excluded = set(excludes[i])
             if exact:
                 rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
             else:
-                hidden_rows = excluded | catalogue.tombstones if catalogue.tombstones else excluded
                 keep = [j for j, row in enumerate(labels[i].tolist())
-                        if row >= 0 and row not in hidden_rows and (mask is None or mask[row])][:pool]
+                        if row >= 0 and row not in excluded and (mask is None or mask[row])][:pool]
                 rows, row_scores = labels[i][keep], scores[i][keep]
                 if len(rows) < pool:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
                     rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
@@ -552,9 +595,7 @@ class Recommender:
 
     def _exact(self, catalogue: _Catalogue, query: np.ndarray, k: int, excluded: set[int],
                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        allowed = catalogue.active.copy()
-        if mask is not None:
-            allowed &= mask
+        allowed = catalogue.active.copy() if mask is None else mask.copy()
         if excluded:
             allowed[list(excluded)] = False
         rows = np.flatnonzero(allowed)
@@ -563,7 +604,8 @@ class Recommender:
         return rows[top], scores[top]
 
     def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
-                 mask: np.ndarray | None) -> Recommendations:
+                 filtered: tuple[np.ndarray, int] | None) -> Recommendations:
+        mask = filtered[0] if filtered is not None else None
         seen = set(request.seen) if exclude_seen else set()
         rows = []
         for row in catalogue.popular:
@@ -600,13 +642,28 @@ class Recommender:
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, needed: Any) -> dict[str, Any]:
+    """Search parameters that skip inactive rows, for indexes that cannot delete (HNSW).
+
+    ``needed``: falsy when no row was ever left in the index after removal.
+    """
+    if not needed:
+        return {"search_params": None, "keep_alive": None}
+    bits = np.packbits(active, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(active), faiss.swig_ptr(bits))
+    params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(value or 16))
+    return {"search_params": params, "keep_alive": (selector, bits)}
+
+
+
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k: expected a positive integer, got {k!r}.")
 
 
 def _check_diversity(diversity: Any) -> None:
-    if not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
+    if isinstance(diversity, bool) or not isinstance(diversity, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity: expected a number in [0, 1], got {diversity!r}.")
 
 
@@ -618,8 +675,8 @@ def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[floa
     except (TypeError, ValueError):
         raise ValueError(f"{what} ({name}): expected numbers, got {list(values)[:5]}.") from None
     for position, v in enumerate(numbers):
-        if math.isnan(v):
-            raise ValueError(f"{what} ({name})[{position}] is NaN.")
+        if not math.isfinite(v):
+            raise ValueError(f"{what} ({name})[{position}] is {v}; give finite numbers.")
     return numbers
 
 
