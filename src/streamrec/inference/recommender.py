@@ -592,13 +592,22 @@ class Recommender:
             if exact:
                 rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
             else:
-                keep = [j for j, row in enumerate(labels[i].tolist())
-                        if row >= 0 and row not in excluded and (mask is None or mask[row])][:pool]
-                rows, row_scores = labels[i][keep], scores[i][keep]
+                # Plain lists: at ~60 labels per member this is cheaper than numpy's setup.
+                found = labels[i].tolist()
+                if mask is None:
+                    keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded]
+                else:
+                    keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded and mask[row]]
+                keep = keep[:pool]
+                rows = [found[j] for j in keep]
                 if len(rows) < pool:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
                     rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
+                else:
+                    found_scores = scores[i].tolist()
+                    row_scores = [found_scores[j] for j in keep]
             if diversity > 0:
-                rows, row_scores = _mmr(catalogue.vectors, rows, row_scores, k, diversity)
+                rows, row_scores = _mmr(catalogue.vectors, np.asarray(rows, dtype=np.int64),
+                                        np.asarray(row_scores, dtype=np.float32), k, diversity)
             results.append((rows[:k], row_scores[:k]))
         return results
 
@@ -626,11 +635,13 @@ class Recommender:
         rows = np.asarray(rows, dtype=np.int64)
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
 
-    def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
-                source: str) -> Recommendations:
-        rows, table = rows.tolist(), catalogue.table
-        ids = catalogue.item_ids[rows].tolist()
-        items = tuple(map(Recommendation, ids, scores.tolist(), [table] * len(rows), rows))
+    def _result(self, catalogue: _Catalogue, rows: np.ndarray | list[int], scores: np.ndarray | list[float],
+                unknown: list[Any], source: str) -> Recommendations:
+        rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
+        scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
+        table = catalogue.table
+        ids = catalogue.item_ids[rows].tolist() if rows else []
+        items = tuple(map(Recommendation, ids, scores, [table] * len(rows), rows))
         return Recommendations(items, tuple(unknown), source)
 
     # -- new titles ------------------------------------------------------------------------
