@@ -171,9 +171,8 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     row["search-stage overhead %"] = 100 * (row["search-stage p50 ms"] - row["faiss p50 ms"]) / row["faiss p50 ms"]
 
     # FAISS 1.15 raised distance_compute_blas_threshold to 128,000 queries, so a batch of
-    # 1,000 uses its SIMD loops, not BLAS, for the coarse quantizer: measure both
-    # (Recommender.load sets 20 by default).
-    default_threshold = faiss.cvar.distance_compute_blas_threshold  # Recommender.load set it to 20
+    # 1,000 uses its SIMD loops, not BLAS, for the coarse quantizer: measure both.
+    default_threshold = faiss.cvar.distance_compute_blas_threshold
     for threshold in (128_000, 20):
         faiss.cvar.distance_compute_blas_threshold = threshold
         recommender.recommend_batch(raw[:100], k=10)

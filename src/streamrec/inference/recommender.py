@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 SECONDS_PER_DAY = 86400.0
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
-BLAS_THRESHOLD = 20  # see Recommender.load
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 
 
@@ -158,7 +157,7 @@ class Recommender:
     # -- loading -----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, threads: int | None = None,
-             blas_threshold: int | None = BLAS_THRESHOLD) -> "Recommender":
+             blas_threshold: int | None = None) -> "Recommender":
         """Rebuild everything from the artifact directory ``path`` alone.
 
         Args:
@@ -167,11 +166,12 @@ class Recommender:
             threads: OpenMP threads for batch searches (default: all cores). Single
                 ``recommend`` calls always search on the calling thread only, so many
                 concurrent callers do not oversubscribe the cores.
-            blas_threshold: sets FAISS's process-wide ``distance_compute_blas_threshold``
-                (queries per search from which distances go through BLAS). FAISS 1.15
-                raised it to 128,000, so batches never use BLAS; 20 (its earlier default)
-                made ``recommend_batch`` 27% faster at 1M titles (docs/benchmarks.md).
-                Single queries are unaffected. None leaves FAISS's setting alone.
+            blas_threshold: if given, sets FAISS's process-wide
+                ``distance_compute_blas_threshold`` (queries per search from which
+                distances go through BLAS; FAISS 1.15 made it 128,000, so batches never
+                use BLAS). At 1,000-member batches the two settings measured within this
+                machine's run-to-run noise (docs/benchmarks.md), so the default (None)
+                leaves FAISS's setting alone.
         """
         path = Path(path)
         manifest = read_manifest(path, verify=verify)
