@@ -69,6 +69,7 @@ def export_artifact(
         item_vectors = _item_vectors(model, progress)
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     factory = auto_factory(n) if factory == "auto" else factory
+    embedded = time.perf_counter()
     index = build_index(item_vectors, factory, seed=seed, progress=progress)
     built = time.perf_counter()
     value, measured, sweep = tune(index, item_vectors, queries, k=min(k, n), target_recall=target_recall,
@@ -97,7 +98,8 @@ def export_artifact(
             "score": {"metric": "inner_product", "normalized": model.config.normalize, "dim": model.config.dim},
             "index": {"factory": factory, "search_parameter": parameter, "search_value": value,
                       "k": k, "target_recall": target_recall, "measured_recall": measured,
-                      "tuning_queries": len(queries), "watched_titles_excluded": exclude is not None, "n_items": n, "build_seconds": round(built - started, 3),
+                      "tuning_queries": len(queries), "watched_titles_excluded": exclude is not None, "n_items": n,
+                      "embed_seconds": round(embedded - started, 3), "build_seconds": round(built - embedded, 3),
                       "sweep": sweep_records(sweep)},
             "data": {
                 "item_id_kind": data_spec["item_map"]["kind"],
