@@ -164,7 +164,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
 
     ``exclude``: per query, ids removed from both the exact and the approximate lists
     (the member's watched titles): the titles served are deeper in the ranking than the
-    plain top-k, so tuning without them overstates recall.
+    plain top-k, so tuning without them can overstate recall.
 
     Returns (value, its recall, the whole sweep). Exact indexes return (None, 1.0, [point]).
     The sweep continues a few values past the target so the recall-latency curve shows the
