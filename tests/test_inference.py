@@ -472,10 +472,7 @@ def test_artifact_directory_is_readable_by_others(artifact):
     import os
     import stat
 
-    mode = stat.S_IMODE(os.stat(artifact[0]).st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert mode == 0o777 & ~umask
+    assert stat.S_IMODE(os.stat(artifact[0]).st_mode) == 0o755
 
 
 def test_string_item_ids_serve_end_to_end(tmp_path):
@@ -537,4 +534,66 @@ def test_manifest_without_checksums_is_rejected(copy_of_artifact):
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="lists no files"):
+        Recommender.load(copy_of_artifact)
+
+
+def test_threads_search_an_hnsw_catalogue_with_removed_titles(tmp_path):
+    """HNSW cannot delete: removed rows are skipped by a FAISS selector shared by all threads."""
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "h", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="HNSW16", progress=False)
+    recommender = Recommender.load(tmp_path / "h")
+    ids = items["item_id"].tolist()
+    removed = set(ids[:50])
+    recommender.remove_items(ids[:50])
+    histories = [ids[50 + i:53 + i] for i in range(100)]
+    expected = [recommender.recommend(h, k=10).item_ids for h in histories]
+    errors: list[BaseException] = []
+    results: dict[int, list] = {}
+
+    def work(worker: int) -> None:
+        try:
+            for _ in range(5):
+                for i in range(worker, 100, 4):
+                    results[i] = recommender.recommend(histories[i], k=10).item_ids
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [results[i] for i in range(100)] == expected
+    assert not removed & {i for r in expected for i in r}
+
+
+def test_appending_rows_without_a_column_keeps_the_old_values_exactly():
+    from streamrec.inference.items import ItemTable
+
+    old = ItemTable.from_frame(pd.DataFrame({"item_id": [1, 2], "rank": [3, 4], "kids": [True, False]}))
+    new = ItemTable.from_frame(pd.DataFrame({"item_id": [9], "title": ["New"]}))
+    both = old.append(new)
+    assert both.row(0) == {"item_id": 1, "rank": 3, "kids": True, "title": None}
+    assert both.row(2) == {"item_id": 9, "rank": None, "kids": None, "title": "New"}
+    assert both.mask("rank", [4]).tolist() == [False, True, False]
+
+
+def test_add_items_accepts_missing_genres(artifact):
+    recommender = Recommender.load(artifact[0])
+    recommender.add_items([{"item_id": 7100, "title": "No genres", "genres": None, "year": 2020.0}])
+    assert 7100 in recommender
+    assert recommender.similar_items(7100, k=1).source == "model"
+
+
+def test_manifest_with_paths_outside_the_artifact_is_rejected(copy_of_artifact):
+    manifest_path = copy_of_artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../index.faiss"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not a plain name"):
+        Recommender.load(copy_of_artifact)
+    manifest_path.write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="format 'list'"):
         Recommender.load(copy_of_artifact)

@@ -63,9 +63,7 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
                     "files": {name: sha256(tmp / name) for name in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _fsync_dir(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; readers may be other users
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the services reading it may be other users
         if path.exists():
             # Swap: the old bundle is moved aside first, so `path` is never half written
             # (a reader may find no bundle for an instant, never a mixed one).
@@ -76,7 +74,10 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
             except BaseException:
                 os.replace(old, path)  # put the previous bundle back
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         _fsync_directory(path.parent)
@@ -98,8 +99,9 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{manifest_path}: missing; the directory is not a streamrec artifact.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{manifest_path}: corrupted ({error}); rebuild the artifact.") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise ArtifactError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}.")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ArtifactError(f"{manifest_path}: format {found!r} is not {FORMAT_NAME!r}.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(
@@ -108,8 +110,11 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         )
     if verify:
         files = manifest.get("files")
-        if not files:
+        if not files or not isinstance(files, dict):
             raise ArtifactError(f"{manifest_path}: lists no files and checksums; rebuild the artifact.")
+        for name in files:
+            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name inside the artifact.")
         for name in files:
             if not (path / name).is_file():
                 raise ArtifactError(f"{path / name}: missing from the artifact (listed in {MANIFEST}).")

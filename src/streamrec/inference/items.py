@@ -94,7 +94,11 @@ class ItemTable:
             if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
                 scalars[name] = pa.concat_arrays([_strings(p) for p in parts])
                 continue
-            if existing.dtype != added.dtype and existing.dtype.kind in "iufb":
+            missing = np.array([_python(v) is None for v in added], dtype=bool)
+            if len(added) and missing.all() and existing.dtype.kind != "f":
+                # Nothing to coerce: keep the old values exactly (ints stay ints), None for the new.
+                existing, added = existing.astype(object), np.full(len(added), None, dtype=object)
+            elif existing.dtype != added.dtype and existing.dtype.kind in "iufb":
                 try:  # keep the column's type: a numeric column stays numeric
                     added = pd.to_numeric(pd.Series(added, dtype=object), errors="raise").to_numpy()
                     added = added.astype(np.result_type(existing.dtype, added.dtype))

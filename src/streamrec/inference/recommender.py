@@ -187,8 +187,9 @@ class Recommender:
             set_search_parameter(index, manifest["index"]["search_value"])
             vectors = _read_npy(path / "item_vectors.npy")
             table = ItemTable.from_arrow(_read_parquet(path / "items.parquet"))
-        except KeyError as error:
-            raise ArtifactError(f"{path / 'manifest.json'}: missing field {error}; rebuild the artifact.") from None
+        except (KeyError, TypeError) as error:
+            raise ArtifactError(f"{path / 'manifest.json'}: missing or unexpected field ({error}); "
+                                "rebuild the artifact.") from None
         item_ids = table.scalars.pop("item_id")
         if not isinstance(item_ids, np.ndarray):  # string ids arrive as an arrow array
             item_ids = np.asarray(item_ids.to_pylist(), dtype=object)
@@ -203,7 +204,11 @@ class Recommender:
             active=np.ones(n, dtype=bool), table=table,
             popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
         )
-        return cls(path, manifest, query_tower, item_tower, catalogue, threads or faiss.omp_get_max_threads())
+        try:
+            return cls(path, manifest, query_tower, item_tower, catalogue, threads or faiss.omp_get_max_threads())
+        except (KeyError, TypeError) as error:
+            raise ArtifactError(f"{path / 'manifest.json'}: missing or unexpected field ({error}); "
+                                "rebuild the artifact.") from None
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -647,6 +652,9 @@ class Recommender:
     # -- new titles ------------------------------------------------------------------------
     def _embed(self, frame: pd.DataFrame) -> np.ndarray:
         encoder = self._item_encoder
+        if "genres" in frame.columns:
+            frame = frame.assign(genres=[list(g) if isinstance(g, (list, tuple, np.ndarray)) else []
+                                         for g in frame["genres"]])
         for column in ("year",):
             if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").isna().any():
                 bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()].tolist()
@@ -671,8 +679,12 @@ def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, n
         return {"search_params": None, "keep_alive": None}
     bits = np.packbits(active, bitorder="little")
     selector = faiss.IDSelectorBitmap(len(active), faiss.swig_ptr(bits))
-    params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(value or 16))
-    return {"search_params": params, "keep_alive": (selector, bits)}
+    # Pre-translated to the wrapped index's positions: given a plain selector, IndexIDMap
+    # swaps a translated one into the shared parameters during each search, which races
+    # (and crashed) when threads search at once.
+    translated = faiss.IDSelectorTranslated(index.id_map, selector)
+    params = faiss.SearchParametersHNSW(sel=translated, efSearch=int(value or 16))
+    return {"search_params": params, "keep_alive": (selector, translated, bits)}
 
 
 
