@@ -597,3 +597,26 @@ def test_manifest_with_paths_outside_the_artifact_is_rejected(copy_of_artifact):
     manifest_path.write_text("[1, 2]")
     with pytest.raises(ArtifactError, match="format 'list'"):
         Recommender.load(copy_of_artifact)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory=factory, progress=False)
+    changed = Recommender.load(tmp_path / "a")
+    ids = items["item_id"].tolist()
+    changed.add_items([{"item_id": 8000, "title": "Added", "genres": ["Comedy"], "year": 2025.0}])
+    changed.remove_items(ids[:5])
+    changed.add_items([{"item_id": ids[0], "title": "Back again", "genres": ["Drama"], "year": 2026.0}])
+    manifest = changed.save(tmp_path / "b")
+    assert manifest["saved_from"]["active_titles"] == N_ITEMS - 5 + 2
+    saved = Recommender.load(tmp_path / "b")
+    assert saved.n_items == changed.n_items
+    histories = [ids[i:i + 4] for i in range(0, 60, 6)] + [[8000, ids[1]], []]
+    for history in histories:
+        assert saved.recommend(history, k=15).item_ids == changed.recommend(history, k=15).item_ids
+    assert saved.similar_items(8000, k=5).item_ids == changed.similar_items(8000, k=5).item_ids
+    served = set(saved.recommend(ids[10:12], k=N_ITEMS + 10).item_ids)
+    assert not served & set(ids[1:5]) and {8000, ids[0]} <= served
+    assert next(r for r in saved.recommend([], k=N_ITEMS + 10) if r.item_id == ids[0]).title == "Back again"

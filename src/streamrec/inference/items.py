@@ -58,6 +58,15 @@ class ItemTable:
             frame[c] = frame[c].map(lambda v: list(v) if isinstance(v, (list, tuple, np.ndarray)) else [])
         return cls.from_arrow(pa.Table.from_pandas(frame, preserve_index=False))
 
+    def to_frame(self) -> pd.DataFrame:
+        """All rows as a DataFrame (list columns as lists), e.g. to save them again."""
+        columns: dict[str, Any] = {}
+        for name, values in self.scalars.items():
+            columns[name] = values.to_pandas() if isinstance(values, pa.Array) else values
+        for name, (offsets, values) in self.lists.items():
+            columns[name] = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(self.n)]
+        return pd.DataFrame(columns)
+
     def value(self, column: str, i: int) -> Any:
         """Row ``i`` of scalar ``column`` as a Python value (None when missing)."""
         values = self.scalars.get(column)

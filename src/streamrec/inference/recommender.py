@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 
 from streamrec.data.features import build_item_features
 from streamrec.index.faiss_index import set_search_parameter
-from streamrec.inference.artifact import ArtifactError, read_manifest
+from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.items import ItemTable
 from streamrec.models.two_tower import ItemTower, QueryTower, TwoTowerConfig
 
@@ -39,6 +41,7 @@ SECONDS_PER_DAY = 86400.0
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
+ACTIVE = "_active"  # items.parquet column of a saved catalogue with removed titles
 
 
 class UnknownItemsError(ValueError):
@@ -194,15 +197,26 @@ class Recommender:
         if not isinstance(item_ids, np.ndarray):  # string ids arrive as an arrow array
             item_ids = np.asarray(item_ids.to_pylist(), dtype=object)
         n = len(item_ids)
-        if vectors.shape != (n, config.dim) or index.ntotal != n:
+        # Saved after remove_items (see save): inactive rows stay for members' histories.
+        active = table.scalars.pop(ACTIVE, None)
+        active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        if vectors.shape != (n, config.dim) or index.ntotal not in (n, int(active.sum())):
             raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
                                 f"items.parquet {n} rows disagree; rebuild the artifact.")
         popularity = np.asarray(table.scalars.get("popularity", np.zeros(n)), dtype=np.float64)
-        rows = dict(zip(item_ids.tolist(), range(n)))
+        ids = item_ids.tolist()
+        if active.all():
+            rows = history_rows = dict(zip(ids, range(n)))
+        else:
+            rows = {item_id: row for row, item_id in enumerate(ids) if active[row]}
+            history_rows = {}
+            for row, item_id in enumerate(ids):  # the first (trained) row of a re-added title
+                history_rows.setdefault(item_id, row)
+        popular = np.argsort(-popularity, kind="stable")
         catalogue = _Catalogue(
-            index=index, vectors=vectors, item_ids=item_ids, rows=rows, history_rows=rows,
-            active=np.ones(n, dtype=bool), table=table,
-            popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
+            index=index, vectors=vectors, item_ids=item_ids, rows=rows, history_rows=history_rows,
+            active=active, table=table, popular=popular[active[popular]], popularity=popularity,
+            **_removal_search(index, active, manifest["index"]["search_value"], index.ntotal > active.sum()),
         )
         try:
             return cls(path, manifest, query_tower, item_tower, catalogue, threads or faiss.omp_get_max_threads())
@@ -422,6 +436,37 @@ class Recommender:
                 **_removal_search(index, active, self.manifest["index"]["search_value"],
                                   old.search_params if deleted else True),
             )
+
+    def save(self, path: str | Path) -> dict[str, Any]:
+        """Write the current catalogue (after add_items / remove_items) as a new artifact.
+
+        Atomic like the original build; ``Recommender.load(path)`` serves exactly what this
+        object serves now. The search parameter and its measured recall are carried over
+        (they were tuned on the original catalogue). Returns the new manifest.
+        """
+        catalogue = self._catalogue
+        manifest = self.manifest
+
+        def write_files(tmp: Path) -> dict[str, Any]:
+            torch.save(self.query_tower.state_dict(), tmp / "query_tower.pt")
+            torch.save(self.item_tower.state_dict(), tmp / "item_tower.pt")
+            np.save(tmp / "item_vectors.npy", np.ascontiguousarray(catalogue.vectors), allow_pickle=False)
+            faiss.write_index(catalogue.index, str(tmp / "index.faiss"))
+            frame = catalogue.table.to_frame()
+            frame.insert(0, "item_id", catalogue.item_ids)
+            if not catalogue.active.all():
+                frame[ACTIVE] = catalogue.active
+            frame.to_parquet(tmp / "items.parquet", index=False)
+            source = self.path / "recall_latency.png"
+            if source.is_file():
+                shutil.copyfile(source, tmp / "recall_latency.png")
+            kept = {key: value for key, value in manifest.items() if key not in ("format", "format_version", "files")}
+            return {**kept, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "index": {**manifest["index"], "n_items": len(catalogue.rows)},
+                    "saved_from": {"artifact": str(self.path), "rows": len(catalogue.item_ids),
+                                   "active_titles": len(catalogue.rows)}}
+
+        return write_artifact(path, write_files)
 
     # -- request encoding ----------------------------------------------------------------
     def _check_id(self, item_id: Any, name: str) -> None:
