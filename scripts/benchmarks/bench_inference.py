@@ -5,10 +5,10 @@ genres): an untrained two-tower whose item and history id embeddings are drawn f
 Gaussian mixture of 1,000 clusters (so vectors are clustered like a trained model's, not
 uniform on the sphere, the worst case for any ANN index). Each member's 50-title history
 comes from 2 clusters; the untrained watch-fraction and recency terms are scaled to ~5% of
-the history signal (a trained model learns them as modulations). The index is built and tuned by the same `export_artifact` that
-`scripts/build_index.py` uses (factory `auto`, target recall@10 0.95 on 1,000 held-out
-queries); recall@10 is then measured on other members against exact search with the same
-seen-title exclusion.
+the history signal (a trained model learns them as modulations). The index is built and
+tuned by the same `export_artifact` that `scripts/build_index.py` uses (factory `auto`,
+target recall@10 0.95 on 1,000 held-out members with their watched titles excluded);
+recall@10 is then measured on other members against exact search with the same exclusion.
 
 Columns:
 - tower: query-tower forward alone for one member (torch, inputs prepared);

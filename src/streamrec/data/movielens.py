@@ -17,7 +17,6 @@ import hashlib
 import io
 import logging
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request

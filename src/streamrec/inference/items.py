@@ -112,7 +112,8 @@ class ItemTable:
                     added = pd.to_numeric(pd.Series(added, dtype=object), errors="raise").to_numpy()
                     added = added.astype(np.result_type(existing.dtype, added.dtype))
                 except (TypeError, ValueError):
-                    raise ValueError(f"items.{name}: the catalogue's {name} is numeric, got {list(added[:5])}.") from None
+                    raise ValueError(f"items.{name}: the catalogue's {name} is numeric, "
+                                     f"got {list(added[:5])}.") from None
                 existing = existing.astype(added.dtype)
             elif existing.dtype != added.dtype:
                 existing, added = existing.astype(object), added.astype(object)
