@@ -673,16 +673,10 @@ class Recommender:
 
     def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
                  filtered: tuple[np.ndarray, int] | None) -> Recommendations:
-        mask = filtered[0] if filtered is not None else None
+        order = catalogue.popular if filtered is None else catalogue.popular[filtered[0][catalogue.popular]]
         seen = set(request.seen) if exclude_seen else set()
-        rows = []
-        for row in catalogue.popular:
-            if row in seen or (mask is not None and not mask[row]):
-                continue
-            rows.append(row)
-            if len(rows) == k:
-                break
-        rows = np.asarray(rows, dtype=np.int64)
+        # At most len(seen) of the first k + len(seen) titles can be excluded.
+        rows = np.asarray([row for row in order[:k + len(seen)].tolist() if row not in seen][:k], dtype=np.int64)
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
 
     def _result(self, catalogue: _Catalogue, rows: np.ndarray | list[int], scores: np.ndarray | list[float],
