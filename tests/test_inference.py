@@ -620,3 +620,12 @@ def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     served = set(saved.recommend(ids[10:12], k=N_ITEMS + 10).item_ids)
     assert not served & set(ids[1:5]) and {8000, ids[0]} <= served
     assert next(r for r in saved.recommend([], k=N_ITEMS + 10) if r.item_id == ids[0]).title == "Back again"
+
+
+def test_popularity_fallback_respects_filters(recommender, artifact):
+    items, popularity = artifact[2], artifact[3]
+    romance = np.array(["Romance" in g for g in items["genres"]])
+    order = [i for i in np.argsort(-popularity, kind="stable") if romance[i]]
+    result = recommender.recommend([], k=5, filters={"genres": ["Romance"]})
+    assert result.source == "popularity"
+    assert result.item_ids == items["item_id"].to_numpy()[order[:5]].tolist()
