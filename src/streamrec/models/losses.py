@@ -47,15 +47,18 @@ class SampledSoftmaxLoss(nn.Module):
             candidate_log_q: [C] log expected count of each candidate in a batch.
         """
         batch = query.shape[0]
-        logits = query @ candidates.T / self.temperature
         if self.logq_correction:
             if candidate_log_q is None:
                 raise ValueError("logq_correction=True needs candidate_log_q.")
-            logits = logits - candidate_log_q.unsqueeze(0)
+            # One fused kernel for (q . c) / temperature - log Q: the [B, C] logits are the
+            # largest tensor of a training step, so each extra elementwise pass costs.
+            logits = torch.addmm(-candidate_log_q.unsqueeze(0), query, candidates.T, alpha=1.0 / self.temperature)
+        else:
+            logits = query @ candidates.T / self.temperature
         if self.remove_accidental_hits:
             same = candidate_ids.unsqueeze(0) == candidate_ids[:batch].unsqueeze(1)
             same[:, :batch].fill_diagonal_(False)
-            logits = logits.masked_fill(same, MASKED)
+            logits = logits.masked_fill_(same, MASKED)  # in place: the logits are fresh and 4 MB
         labels = torch.arange(batch, device=query.device)
         return F.cross_entropy(logits, labels)
 
