@@ -321,28 +321,37 @@ def test_remove_items_never_returns_them(tmp_path, factory):
 
 
 # -- concurrency ---------------------------------------------------------------------------------
+def run_in_threads(work, n_threads: int) -> list[BaseException]:
+    """Run ``work(worker)`` for each worker index in its own thread; the errors they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(worker: int) -> None:
+        try:
+            work(worker)
+        except BaseException as error:  # noqa: BLE001 - returned to the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_concurrent_calls_equal_sequential_results(recommender, artifact):
     ids = artifact[2]["item_id"].tolist()
     histories = [ids[i:i + 1 + i % 9] for i in range(120)]
     expected = [recommender.recommend(h, k=10).item_ids for h in histories]
     expected_similar = [recommender.similar_items(ids[i], k=5).item_ids for i in range(120)]
     results: dict[int, list] = {}
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            for i in range(worker, 120, 8):
-                results[i] = (recommender.recommend(histories[i], k=10).item_ids,
-                              recommender.similar_items(ids[i], k=5).item_ids)
-        except BaseException as error:  # noqa: BLE001 - surfaced below
-            errors.append(error)
+        for i in range(worker, 120, 8):
+            results[i] = (recommender.recommend(histories[i], k=10).item_ids,
+                          recommender.similar_items(ids[i], k=5).item_ids)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert run_in_threads(work, 8) == []
     assert [results[i][0] for i in range(120)] == expected
     assert [results[i][1] for i in range(120)] == expected_similar
 
@@ -548,23 +557,14 @@ def test_threads_search_an_hnsw_catalogue_with_removed_titles(tmp_path):
     recommender.remove_items(ids[:50])
     histories = [ids[50 + i:53 + i] for i in range(100)]
     expected = [recommender.recommend(h, k=10).item_ids for h in histories]
-    errors: list[BaseException] = []
     results: dict[int, list] = {}
 
     def work(worker: int) -> None:
-        try:
-            for _ in range(5):
-                for i in range(worker, 100, 4):
-                    results[i] = recommender.recommend(histories[i], k=10).item_ids
-        except BaseException as error:  # noqa: BLE001
-            errors.append(error)
+        for _ in range(5):
+            for i in range(worker, 100, 4):
+                results[i] = recommender.recommend(histories[i], k=10).item_ids
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert run_in_threads(work, 4) == []
     assert [results[i] for i in range(100)] == expected
     assert not removed & {i for r in expected for i in r}
 

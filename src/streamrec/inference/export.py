@@ -66,7 +66,7 @@ def export_artifact(
     started = time.perf_counter()
     model = model.eval()
     if item_vectors is None:
-        item_vectors = _item_vectors(model, progress)
+        item_vectors = model.all_item_vectors(progress=progress).numpy()
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     factory = auto_factory(n) if factory == "auto" else factory
     embedded = time.perf_counter()
@@ -113,15 +113,3 @@ def export_artifact(
     manifest = write_artifact(path, write_files)
     log.info("artifact %s: %s, %s=%s, recall@%d %.3f", path, factory, parameter, value, k, measured)
     return manifest
-
-
-@torch.no_grad()
-def _item_vectors(model: TwoTower, progress: bool, batch_size: int = 65536) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    n = model.config.n_items
-    parts = []
-    for start in tqdm(range(0, n, batch_size), desc="embedding titles", unit="batch", disable=not progress):
-        items = torch.arange(start, min(start + batch_size, n))
-        parts.append(model.item_vectors(items).numpy())
-    return np.concatenate(parts)

@@ -33,11 +33,10 @@ from streamrec.data.features import build_item_features
 from streamrec.index.faiss_index import set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.items import ItemTable
-from streamrec.models.two_tower import ItemTower, QueryTower, TwoTowerConfig
+from streamrec.models.two_tower import SECONDS_PER_DAY, ItemTower, QueryTower, TwoTowerConfig, hour_code
 
 log = logging.getLogger(__name__)
 
-SECONDS_PER_DAY = 86400.0
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
@@ -550,7 +549,7 @@ class Recommender:
             if reference is not None:
                 if r.times:
                     age[i, length - m:] = np.maximum(reference - np.asarray(r.times[-length:]), 0) / SECONDS_PER_DAY
-                hour[i] = int(reference // 3600) % 24 + 1
+                hour[i] = int(hour_code(reference))
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
         if config.user_feature_cardinalities:
             batch["user_features"] = np.array([self._encode_features(r.features) for r in requests], dtype=np.int64)

@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 POOLINGS = ("mean", "attention", "transformer")
 RECENCY_BUCKETS = 16  # log2-spaced buckets of days between a history view and "now"
+SECONDS_PER_DAY = 86400.0  # history_age_days = (request time - view time) / SECONDS_PER_DAY
+
+
+def hour_code(unix_seconds):
+    """The ``hour`` input: 1 + hour of day (UTC) of unix times (array or scalar); 0 = unknown."""
+    return (unix_seconds // 3600) % 24 + 1
 
 
 @dataclass
@@ -252,12 +259,14 @@ class TwoTower(nn.Module):
         return self.item_tower.encode(content, items, self.has_id[items])
 
     @torch.no_grad()
-    def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
+    def all_item_vectors(self, batch_size: int = 65536, progress: bool = False) -> torch.Tensor:
         """Vectors [n_items, d] of the whole catalogue (eval mode, no id dropout)."""
         was_training = self.training
         self.eval()
         device = self.year.device
+        starts = tqdm(range(0, self.config.n_items, batch_size), desc="embedding titles", unit="batch",
+                      disable=not progress)
         parts = [self.item_vectors(torch.arange(s, min(s + batch_size, self.config.n_items), device=device))
-                 for s in range(0, self.config.n_items, batch_size)]
+                 for s in starts]
         self.train(was_training)
         return torch.cat(parts)

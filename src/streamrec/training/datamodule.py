@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from streamrec.data import SplitData
 from streamrec.data.features import UserFeatureSpec
 from streamrec.data.schema import DEVICE, ITEM, TIMESTAMP, USER, WATCH_FRACTION
+from streamrec.models.two_tower import SECONDS_PER_DAY, hour_code
 
 HISTORY_MODES = ("set", "sequential")
-SECONDS_PER_DAY = 86400.0
 
 
 @dataclass
@@ -64,7 +64,7 @@ class MemberLog:
 
 def _context(time: np.ndarray, device: np.ndarray, known: np.ndarray | bool) -> dict[str, torch.Tensor]:
     """Device code and 1 + hour of day; 0 where unknown (no timestamps, or nothing seen)."""
-    hour = np.where(known, (time // 3600) % 24 + 1, 0).astype(np.int64)
+    hour = np.where(known, hour_code(time), 0).astype(np.int64)
     return {"device": torch.from_numpy(device), "hour": torch.from_numpy(hour)}
 
 
