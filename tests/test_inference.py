@@ -629,3 +629,19 @@ def test_popularity_fallback_respects_filters(recommender, artifact):
     result = recommender.recommend([], k=5, filters={"genres": ["Romance"]})
     assert result.source == "popularity"
     assert result.item_ids == items["item_id"].to_numpy()[order[:5]].tolist()
+
+
+def test_one_members_feature_codes_equal_the_training_encoding():
+    from streamrec.data.features import UserFeatureSpec
+
+    users = pd.DataFrame({"user_id": range(12), "plan": list("abcab") + [None] * 7,
+                          "age": [15, 22, 35, 41, 58, 63, 70, 80, 18, 29, 33, 47]})
+    spec = UserFeatureSpec.fit(users.drop(columns="user_id"), max_categories=5, numeric_bins=4)
+    assert set(spec.edges) == {"age"} and set(spec.vocabularies) == {"plan"}
+    probes = pd.DataFrame({"plan": ["a", "c", "zzz", None], "age": [15, spec.edges["age"][0], 99, 40]})
+    expected = spec.encode(probes).tolist()
+    members = [{k: v for k, v in row.items() if v is not None} for row in probes.to_dict("records")]
+    assert [spec.encode_member(m) for m in members] == expected
+    assert spec.encode_member(None) == [0, 0]
+    with pytest.raises(ValueError, match=r"member_features\['age'\]: expected a finite number"):
+        spec.encode_member({"age": "old"})

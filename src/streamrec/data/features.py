@@ -6,10 +6,12 @@ and new members the same way at serving time (they are saved with the model).
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -143,6 +145,31 @@ class UserFeatureSpec:
                 index = {v: i + 1 for i, v in enumerate(self.vocabularies[name])}
                 codes[:, j] = values.astype("string").map(index).fillna(0).astype(np.int64).to_numpy()
         return torch.from_numpy(codes)
+
+    def encode_member(self, features: Mapping[str, Any] | None) -> list[int]:
+        """Codes of one member's features (``{column: value}``) by the rules of :meth:`encode`,
+        without a DataFrame (serving); a binned column's value that is not a finite number
+        raises ``ValueError`` instead of becoming unknown."""
+        codes = []
+        for column in self.columns:
+            value = features.get(column) if features else None
+            if value is None:
+                codes.append(0)
+            elif column in self.edges:
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    number = math.nan
+                if not math.isfinite(number):
+                    raise ValueError(f"member_features[{column!r}]: expected a finite number, got {value!r}.")
+                codes.append(int(np.searchsorted(self.edges[column], number, side="right")) + 1)  # = digitize + 1
+            else:
+                codes.append(self._vocabulary_codes[column].get(str(value), 0))
+        return codes
+
+    @cached_property
+    def _vocabulary_codes(self) -> dict[str, dict[str, int]]:
+        return {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in self.vocabularies.items()}
 
     @classmethod
     def fit(cls, users: pd.DataFrame, max_categories: int = 50, numeric_bins: int = 8) -> "UserFeatureSpec":

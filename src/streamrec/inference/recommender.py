@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from streamrec.data.features import build_item_features
+from streamrec.data.features import UserFeatureSpec, build_item_features
 from streamrec.index.faiss_index import set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.items import ItemTable
@@ -151,9 +151,7 @@ class Recommender:
         self._id_kind = spec["item_id_kind"]
         self._device_codes = {d: i + 1 for i, d in enumerate(spec["device_vocab"])}
         users = spec["user_features"]
-        self._feature_codes = {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in users["vocabularies"].items()}
-        self._feature_edges = {c: np.asarray(e, dtype=np.float64) for c, e in users["edges"].items()}
-        self._feature_columns = users["columns"]
+        self._user_spec = UserFeatureSpec(users["columns"], users["vocabularies"], users["edges"])
         self._item_encoder = spec["item_features"]
 
     # -- loading -----------------------------------------------------------------------
@@ -552,7 +550,8 @@ class Recommender:
                 hour[i] = int(hour_code(reference))
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
         if config.user_feature_cardinalities:
-            batch["user_features"] = np.array([self._encode_features(r.features) for r in requests], dtype=np.int64)
+            batch["user_features"] = np.array([self._user_spec.encode_member(r.features) for r in requests],
+                                                dtype=np.int64)
         if config.n_devices:
             batch["device"] = np.array([self._device_codes.get(str(r.device), 0) if r.device is not None else 0
                                         for r in requests], dtype=np.int64)
@@ -563,24 +562,6 @@ class Recommender:
             out = self.query_tower(tensors["history"], tensors["history_watch"], tensors["history_age_days"],
                                    tensors.get("user_features"), tensors.get("device"), tensors.get("hour"))
         return out.numpy()
-
-    def _encode_features(self, features: Mapping[str, Any] | None) -> list[int]:
-        codes = []
-        for column in self._feature_columns:
-            value = features.get(column) if features else None
-            if value is None:
-                codes.append(0)
-            elif column in self._feature_edges:
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    number = math.nan
-                if not math.isfinite(number):
-                    raise ValueError(f"member_features[{column!r}]: expected a finite number, got {value!r}.")
-                codes.append(int(np.searchsorted(self._feature_edges[column], number, side="right")) + 1)
-            else:
-                codes.append(self._feature_codes[column].get(str(value), 0))
-        return codes
 
     # -- search --------------------------------------------------------------------------
     def _filter_mask(self, catalogue: _Catalogue,
