@@ -645,3 +645,73 @@ def test_one_members_feature_codes_equal_the_training_encoding():
     assert spec.encode_member(None) == [0, 0]
     with pytest.raises(ValueError, match=r"member_features\['age'\]: expected a finite number"):
         spec.encode_member({"age": "old"})
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("options", [
+    {},
+    {"normalize": False, "use_watch_fraction": False, "use_recency": False},
+    {"user_feature_cardinalities": [3, 5], "n_devices": 4, "use_hour": True},
+])
+def test_numpy_query_tower_equals_the_torch_tower(pooling, options):
+    from streamrec.inference.query_encoder import NumpyQueryTower
+    from streamrec.models.two_tower import QueryTower
+
+    torch.manual_seed(0)
+    config = TwoTowerConfig(n_items=300, dim=16, hidden=32, max_history=12, pooling=pooling, **options)
+    tower = QueryTower(config).eval()
+    with torch.no_grad():  # non-zero biases, so a dropped term would show
+        for parameter in tower.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    numpy_tower = NumpyQueryTower(tower)
+    g = torch.Generator().manual_seed(1)
+    b = 9
+    history = torch.randint(1, 301, (b, 12), generator=g)
+    history[:, :4] = 0  # left padding
+    history[2] = 0  # an empty history
+    history[5, :11] = 0  # a single title
+    inputs = [history, torch.rand(b, 12, generator=g), torch.rand(b, 12, generator=g) * 3000]
+    if config.user_feature_cardinalities:
+        inputs += [torch.randint(0, 3, (b, 2), generator=g), torch.randint(0, 5, (b,), generator=g),
+                   torch.randint(0, 25, (b,), generator=g)]
+    with torch.inference_mode():
+        expected = tower(*inputs).numpy()
+    got = numpy_tower(*[x.numpy() for x in inputs])
+    assert got.dtype == np.float32 and got.shape == (b, 16)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    one = numpy_tower(*[x[:1].numpy() for x in inputs])  # one member, as a single recommend() call
+    np.testing.assert_allclose(one, expected[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_query_tower_refuses_the_transformer_encoder():
+    from streamrec.inference.query_encoder import NumpyQueryTower, supports
+    from streamrec.models.two_tower import QueryTower
+
+    tower = QueryTower(TwoTowerConfig(n_items=10, dim=8, hidden=16, pooling="transformer"))
+    assert not supports(tower)
+    with pytest.raises(ValueError, match="transformer"):
+        NumpyQueryTower(tower)
+
+
+def test_a_transformer_model_is_served_by_the_torch_tower(tmp_path):
+    torch.manual_seed(0)
+    config = TwoTowerConfig(n_items=50, dim=8, hidden=16, max_history=6, pooling="transformer", text_buckets=0)
+    model = TwoTower(config).eval()
+    items = pd.DataFrame({"item_id": np.arange(50), "title": [f"T{i}" for i in range(50)]})
+    spec = {"item_map": {"kind": "int", "ids": list(range(50))},
+            "item_features": {"genre_vocab": [], "year_mean": 0.0, "year_std": 1.0, "text_buckets": 0,
+                              "max_tokens": config.max_tokens},
+            "user_features": {"columns": [], "vocabularies": {}, "edges": {}}, "device_vocab": [],
+            "history_mode": "set"}
+    export_artifact(tmp_path / "a", model, spec, items, np.ones(50), model.all_item_vectors().numpy()[:5],
+                    factory="Flat", progress=False)
+    recommender = Recommender.load(tmp_path / "a")
+    assert recommender._encode is None
+    history = [3, 7, 11]
+    padded = torch.zeros(1, 6, dtype=torch.long)
+    padded[0, 3:] = torch.tensor(history) + 1
+    with torch.no_grad():
+        scores = (model.query({"history": padded, "history_watch": (padded > 0).float(),
+                               "history_age_days": torch.zeros(1, 6)}) @ model.all_item_vectors().T)[0]
+    scores[history] = float("-inf")
+    assert recommender.recommend(history, k=5).item_ids == torch.topk(scores, 5).indices.tolist()

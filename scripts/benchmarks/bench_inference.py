@@ -11,7 +11,8 @@ target recall@10 0.95 on 1,000 held-out members with their watched titles exclud
 recall@10 is then measured on other members against exact search with the same exclusion.
 
 Columns:
-- tower: query-tower forward alone for one member (torch, inputs prepared);
+- tower: the served query tower alone for one member (numpy, inputs prepared); torch tower:
+  the same forward in eager torch, for comparison;
 - faiss: raw `index.search` of that member's query vector for k + 50 (what recommend asks,
   to survive excluding the 50 seen titles), one thread;
 - recommend p50/p99: the whole call (validation, id mapping, tower, search, exclusion,
@@ -129,18 +130,18 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     raw = [item_ids[h].tolist() for h in test]
     for h in raw[:50]:  # warm-up
         recommender.recommend(h, k=10)
-    tower_in = tower_inputs(test)
-    with torch.inference_mode():
-        vectors = recommender.query_tower(tower_in["history"], tower_in["history_watch"],
-                                          tower_in["history_age_days"]).numpy()
+    tower_in = {key: value.numpy() for key, value in tower_inputs(test).items()}
+    vectors = recommender._encode(**tower_in)
     index = recommender._catalogue.index
     faiss.omp_set_num_threads(1)
-    tower_t, faiss_t, rec_t, stage_t, found = [], [], [], [], []
+    tower_t, torch_t, faiss_t, rec_t, stage_t, found = [], [], [], [], [], []
     for i, h in enumerate(raw):
         one = {key: value[i:i + 1] for key, value in tower_in.items()}
         t0 = time.perf_counter()
         with torch.inference_mode():
-            recommender.query_tower(one["history"], one["history_watch"], one["history_age_days"])
+            recommender.query_tower(**{key: torch.from_numpy(value) for key, value in one.items()})
+        t0b = time.perf_counter()
+        recommender._encode(**one)
         t1 = time.perf_counter()
         index.search(vectors[i:i + 1], 10 + len(h))
         t2 = time.perf_counter()
@@ -150,7 +151,8 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         rows, scores = recommender._search(catalogue, vectors[i:i + 1], 10, [test[i].tolist()], None, 0.0, 1)[0]
         recommender._result(catalogue, rows, scores, [], "model")
         t4 = time.perf_counter()
-        tower_t.append(t1 - t0)
+        torch_t.append(t0b - t0)
+        tower_t.append(t1 - t0b)
         faiss_t.append(t2 - t1)
         rec_t.append(t3 - t2)
         stage_t.append(t4 - t3)
@@ -162,6 +164,7 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         scores[test[i]] = -np.inf
         hits += len(np.intersect1d(np.argpartition(-scores, 10)[:10], found[i]))
     row["recall@10"] = hits / (10 * min(members, 500))
+    row["torch tower p50 ms"] = percentiles(torch_t)[0]
     row["tower p50 ms"] = percentiles(tower_t)[0]
     row["faiss p50 ms"] = percentiles(faiss_t)[0]
     row["recommend p50 ms"], row["recommend p99 ms"] = percentiles(rec_t)

@@ -1,5 +1,5 @@
-"""Serving: load an artifact directory and recommend. Imports torch, numpy, pandas and FAISS
-only (never Lightning, Hydra or wandb), so other services can import it cheaply.
+"""Serving: load an artifact directory and recommend. Imports torch, numpy, scipy, pandas
+and FAISS only (never Lightning, Hydra or wandb), so other services can import it cheaply.
 
     from streamrec.inference import Recommender
     recommender = Recommender.load("checkpoints/recommender")

@@ -33,6 +33,7 @@ from streamrec.data.features import UserFeatureSpec, build_item_features
 from streamrec.index.faiss_index import set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.items import ItemTable
+from streamrec.inference.query_encoder import NumpyQueryTower, supports
 from streamrec.models.two_tower import SECONDS_PER_DAY, ItemTower, QueryTower, TwoTowerConfig, hour_code
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,9 @@ class Recommender:
         self.manifest = manifest
         self.config = TwoTowerConfig(**manifest["model"])
         self.query_tower = query_tower
+        # The tower's arithmetic in numpy (~5x faster than eager torch for one member);
+        # the transformer history encoder runs in torch.
+        self._encode = NumpyQueryTower(query_tower) if supports(query_tower) else None
         self.item_tower = item_tower
         self.threads = threads
         self._catalogue = catalogue
@@ -477,7 +481,8 @@ class Recommender:
 
     def _request(self, history: Sequence[Any], catalogue: _Catalogue, timestamps, watch_fractions, now,
                  member_features, device, strict: bool, name: str) -> _Request:
-        if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+        if type(history) is not list and (isinstance(history, (str, bytes))
+                                          or not isinstance(history, (Sequence, np.ndarray))):
             raise ValueError(f"{name}: expected a sequence of item ids, got {type(history).__name__}.")
         n = len(history)
         times = _numbers(timestamps, n, "timestamps", name) if timestamps is not None else None
@@ -489,11 +494,11 @@ class Recommender:
         if isinstance(history, np.ndarray):
             history = history.tolist()
         exact_type = int if self._id_kind == "int" else str
-        if not all(type(item_id) is exact_type for item_id in history):  # noqa: E721 - bool is not an id
+        if set(map(type, history)) - {exact_type}:  # exact types: bool is not an id
             for position, item_id in enumerate(history):
                 self._check_id(item_id, f"{name}[{position}]")
         lookup = catalogue.history_rows
-        rows = [lookup.get(item_id) for item_id in history]
+        rows = list(map(lookup.get, history))
         kept = range(n)
         unknown: list[Any] = []
         if None in rows:
@@ -557,11 +562,10 @@ class Recommender:
                                         for r in requests], dtype=np.int64)
         if config.use_hour:
             batch["hour"] = hour
+        if self._encode is not None:
+            return self._encode(**batch)
         with torch.inference_mode():
-            tensors = {key: torch.from_numpy(value) for key, value in batch.items()}
-            out = self.query_tower(tensors["history"], tensors["history_watch"], tensors["history_age_days"],
-                                   tensors.get("user_features"), tensors.get("device"), tensors.get("hour"))
-        return out.numpy()
+            return self.query_tower(**{key: torch.from_numpy(value) for key, value in batch.items()}).numpy()
 
     # -- search --------------------------------------------------------------------------
     def _filter_mask(self, catalogue: _Catalogue,
