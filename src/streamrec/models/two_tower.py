@@ -194,7 +194,11 @@ class QueryTower(nn.Module):
         if watch is not None:
             pooled = pooled + self.watch_proj((watch * weights).sum(dim=1, keepdim=True)) * (weights.sum(1, keepdim=True))
         if buckets is not None:
-            pooled = pooled + _weighted_bag(buckets * mask, self.recency_embedding.weight, weights)
+            # 17 recency rows: each member's weight per bucket times the table. Cheaper than
+            # an embedding bag, whose backward sorts all B * L indices.
+            shares = torch.zeros(len(history), RECENCY_BUCKETS + 1, device=history.device)
+            shares.scatter_add_(1, buckets * mask, weights)
+            pooled = pooled + shares @ self.recency_embedding.weight
         return pooled
 
     def _pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
