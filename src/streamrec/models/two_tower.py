@@ -196,7 +196,7 @@ class QueryTower(nn.Module):
         if buckets is not None:
             # 17 recency rows: each member's weight per bucket times the table. Cheaper than
             # an embedding bag, whose backward sorts all B * L indices.
-            shares = torch.zeros(len(history), RECENCY_BUCKETS + 1, device=history.device)
+            shares = torch.zeros(len(history), RECENCY_BUCKETS + 1, dtype=weights.dtype, device=history.device)
             shares.scatter_add_(1, buckets * mask, weights)
             pooled = pooled + shares @ self.recency_embedding.weight
         return pooled
