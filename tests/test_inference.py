@@ -16,7 +16,7 @@ import torch
 from streamrec.index import auto_factory, build_index, exact_search, search_parameter, tune
 from streamrec.inference import ArtifactError, Recommender, UnknownItemsError, export_artifact, read_manifest
 from streamrec.inference.artifact import write_artifact
-from streamrec.models.two_tower import TwoTower, TwoTowerConfig
+from streamrec.models.two_tower import TwoTower, TwoTowerConfig, hour_code
 
 N_ITEMS, GENRES = 400, ["Action", "Comedy", "Drama", "Romance"]
 
@@ -176,6 +176,30 @@ def test_batch_equals_one_by_one(recommender, artifact):
     batch = recommender.recommend_batch(histories, k=7)
     assert [b.item_ids for b in batch] == [recommender.recommend(h, k=7).item_ids for h in histories]
     assert batch[-1].source == "popularity"
+
+
+def test_a_batch_too_big_for_the_numpy_tower_equals_one_by_one(recommender, artifact):
+    from streamrec.inference.recommender import NUMPY_TOWER_MAX_BATCH
+
+    ids = artifact[2]["item_id"].tolist()
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(ids, size=rng.integers(1, 15), replace=False).tolist()
+                 for _ in range(NUMPY_TOWER_MAX_BATCH + 20)]
+    times = [[1e9 + 3600 * j for j in range(len(h))] for h in histories]
+    batch = recommender.recommend_batch(histories, k=5, timestamps=times, devices=["tv"] * len(histories))
+    for history, when, result in zip(histories, times, batch):
+        single = recommender.recommend(history, k=5, timestamps=when, device="tv")
+        assert result.item_ids == single.item_ids
+        np.testing.assert_allclose([r.score for r in result], [r.score for r in single], rtol=1e-5, atol=1e-6)
+
+
+def test_views_from_the_distant_past_still_serve(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()[:3]
+    far = recommender.recommend(ids, k=5, timestamps=[0.0, 1.0, 2.0], now=1e44)  # ages overflow float32
+    assert len(far) == 5 and far.source == "model"
+    same_hour = 86400 * 10**7 + 3600 * (hour_code(1e44) - 1)  # also in the last recency bucket
+    near = recommender.recommend(ids, k=5, timestamps=[0.0, 1.0, 2.0], now=float(same_hour))
+    assert far.item_ids == near.item_ids
 
 
 def test_timestamps_order_the_history_and_set_the_recency(recommender, artifact):
@@ -651,9 +675,12 @@ def test_one_members_feature_codes_equal_the_training_encoding():
 @pytest.mark.parametrize("options", [
     {},
     {"normalize": False, "use_watch_fraction": False, "use_recency": False},
+    {"use_watch_fraction": False},
+    {"use_recency": False, "normalize": False},
     {"user_feature_cardinalities": [3, 5], "n_devices": 4, "use_hour": True},
 ])
-def test_numpy_query_tower_equals_the_torch_tower(pooling, options):
+@pytest.mark.parametrize("with_watch_and_age", [True, False])
+def test_numpy_query_tower_equals_the_torch_tower(pooling, options, with_watch_and_age):
     from streamrec.inference.query_encoder import NumpyQueryTower
     from streamrec.models.two_tower import QueryTower
 
@@ -670,16 +697,18 @@ def test_numpy_query_tower_equals_the_torch_tower(pooling, options):
     history[:, :4] = 0  # left padding
     history[2] = 0  # an empty history
     history[5, :11] = 0  # a single title
-    inputs = [history, torch.rand(b, 12, generator=g), torch.rand(b, 12, generator=g) * 3000]
+    inputs = [history, torch.rand(b, 12, generator=g), torch.rand(b, 12, generator=g) * 3000 - 1]
+    if not with_watch_and_age:
+        inputs[1] = inputs[2] = None
     if config.user_feature_cardinalities:
         inputs += [torch.randint(0, 3, (b, 2), generator=g), torch.randint(0, 5, (b,), generator=g),
                    torch.randint(0, 25, (b,), generator=g)]
     with torch.inference_mode():
         expected = tower(*inputs).numpy()
-    got = numpy_tower(*[x.numpy() for x in inputs])
+    got = numpy_tower(*[x.numpy() if x is not None else None for x in inputs])
     assert got.dtype == np.float32 and got.shape == (b, 16)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    one = numpy_tower(*[x[:1].numpy() for x in inputs])  # one member, as a single recommend() call
+    one = numpy_tower(*[x[:1].numpy() if x is not None else None for x in inputs])  # one recommend() call
     np.testing.assert_allclose(one, expected[:1], rtol=1e-5, atol=1e-6)
 
 

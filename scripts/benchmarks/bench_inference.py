@@ -24,6 +24,7 @@ Columns:
 
     python scripts/benchmarks/bench_inference.py                      # 100,000 and 1,000,000 titles
     python scripts/benchmarks/bench_inference.py --sizes 100000 --members 500
+    python scripts/benchmarks/bench_inference.py --towers          # query tower: numpy vs torch by batch
 """
 
 from __future__ import annotations
@@ -203,6 +204,37 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     return row
 
 
+def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 1000)) -> pd.DataFrame:
+    """The query tower alone, numpy vs eager torch, by batch size (best of 3 repeats)."""
+    from streamrec.inference.query_encoder import NumpyQueryTower
+    from streamrec.models.two_tower import QueryTower
+
+    torch.manual_seed(0)
+    tower = QueryTower(TwoTowerConfig(n_items=n_items, dim=64, hidden=128, max_history=HISTORY)).eval()
+    encode = NumpyQueryTower(tower)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in sizes:
+        arrays = (rng.integers(1, n_items + 1, (b, HISTORY)), np.ones((b, HISTORY), np.float32),
+                  (rng.random((b, HISTORY)) * 100).astype(np.float32))
+        tensors = [torch.from_numpy(a) for a in arrays]
+        repeats = max(5, 2000 // b)
+        best = {"numpy": np.inf, "torch": np.inf}
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                encode(*arrays)
+            best["numpy"] = min(best["numpy"], (time.perf_counter() - start) / repeats)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    tower(*tensors)
+            best["torch"] = min(best["torch"], (time.perf_counter() - start) / repeats)
+        rows.append({"members": b, "numpy ms": best["numpy"] * 1e3, "torch ms": best["torch"] * 1e3,
+                     "torch threads": torch.get_num_threads()})
+    return pd.DataFrame(rows).set_index("members")
+
+
 def tower_inputs(rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
     """Query-tower inputs as ``recommend`` builds them (watch fraction 1, no timestamps)."""
     history = _padded(rows)
@@ -225,7 +257,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where artifacts are built (default: a temp dir)")
     parser.add_argument("--plots", type=Path, default=None,
                         help="copy each artifact's recall_latency.png here (e.g. docs/)")
+    parser.add_argument("--towers", action="store_true",
+                        help="only time the query tower by batch size, numpy vs torch")
     args = parser.parse_args()
+    if args.towers:
+        print(markdown_table(tower_batches(), floatfmt=".3f"))
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = [bench(n, args.members, workdir, args.plots) for n in args.sizes]

@@ -1,11 +1,14 @@
 """The query tower's forward pass in numpy, for serving.
 
-Serving encodes one member, or a batch, per call. In eager torch a forward of
+Serving encodes one member, or a few, per call. In eager torch a forward of
 :class:`~streamrec.models.two_tower.QueryTower` for one member is ~40 small operator
-calls whose dispatch (5–25 µs each) adds up to 0.4–0.5 ms, several times the FAISS search
-it feeds; the same arithmetic in numpy takes ~0.1 ms (docs/benchmarks.md), and the same
-time as torch for a batch of 1,000. The weights are the torch module's own tensors, viewed without a copy,
-and ``tests/test_inference.py`` checks that both give the same vectors for every option.
+calls whose dispatch (5–25 µs each) adds up to ~0.4 ms, several times the FAISS search it
+feeds; the same arithmetic in numpy takes ~0.06–0.1 ms. Past ~256 members torch's
+multi-threaded kernels win (docs/benchmarks.md), so the recommender uses this class for
+small batches only. The embedding tables are views of the torch module's tensors (no
+copy of the largest arrays); the MLP weights are copied once, transposed. Both towers
+give the same vectors (``tests/test_inference.py`` checks every tower option, with and
+without watch fractions and ages).
 
 Mean and attention pooling are implemented; the transformer history encoder is served by
 torch (``supports`` tells which).
@@ -65,7 +68,12 @@ class NumpyQueryTower:
         device: np.ndarray | None = None,
         hour: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Query vectors [B, d] float32; arguments as in ``QueryTower.forward``, as arrays."""
+        """Query vectors [B, d] float32; arguments as in ``QueryTower.forward``, as arrays.
+
+        Codes (history, user features, device, hour) must be valid, non-negative table
+        rows, as the recommender builds them: numpy would read a negative code from the
+        end of a table where torch raises.
+        """
         mask = history > 0
         buckets = None
         if self.recency is not None and history_age_days is not None:

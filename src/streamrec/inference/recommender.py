@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
+NUMPY_TOWER_MAX_BATCH = 256  # above this many members torch's threaded kernels are faster
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 ACTIVE = "_active"  # items.parquet column of a saved catalogue with removed titles
 
@@ -142,8 +143,8 @@ class Recommender:
         self.manifest = manifest
         self.config = TwoTowerConfig(**manifest["model"])
         self.query_tower = query_tower
-        # The tower's arithmetic in numpy (~5x faster than eager torch for one member);
-        # the transformer history encoder runs in torch.
+        # The tower's arithmetic in numpy for up to NUMPY_TOWER_MAX_BATCH members (~5x
+        # faster than eager torch for one); torch for bigger batches and the transformer.
         self._encode = NumpyQueryTower(query_tower) if supports(query_tower) else None
         self.item_tower = item_tower
         self.threads = threads
@@ -551,7 +552,9 @@ class Recommender:
             reference = r.now
             if reference is not None:
                 if r.times:
-                    age[i, length - m:] = np.maximum(reference - np.asarray(r.times[-length:]), 0) / SECONDS_PER_DAY
+                    # Clipped so that far-apart times stay finite in float32 (buckets end at 2^16 days).
+                    seconds = np.clip(reference - np.asarray(r.times[-length:]), 0, 1e15)
+                    age[i, length - m:] = seconds / SECONDS_PER_DAY
                 hour[i] = int(hour_code(reference))
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
         if config.user_feature_cardinalities:
@@ -562,7 +565,7 @@ class Recommender:
                                         for r in requests], dtype=np.int64)
         if config.use_hour:
             batch["hour"] = hour
-        if self._encode is not None:
+        if self._encode is not None and b <= NUMPY_TOWER_MAX_BATCH:
             return self._encode(**batch)
         with torch.inference_mode():
             return self.query_tower(**{key: torch.from_numpy(value) for key, value in batch.items()}).numpy()
