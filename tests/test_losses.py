@@ -11,7 +11,12 @@ import math
 import pytest
 import torch
 
-from streamrec.models.losses import FullSoftmaxLoss, SampledSoftmaxLoss, mixture_log_q
+from streamrec.models.losses import (
+    FullSoftmaxLoss,
+    SampledSoftmaxLoss,
+    accidental_hits,
+    mixture_log_q,
+)
 
 # B = 2 queries, d = 2; candidate 2 is an extra (uniform) negative.
 QUERY = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
@@ -90,6 +95,19 @@ def test_uniform_negative_equal_to_a_rows_positive_is_masked_for_that_row_only()
     loss = sampled(hits=True)(QUERY, CANDIDATES, ids)
     expected = (ce(1, [1, 2]) + ce(1, [0, 1, 1])) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch, extra", [(64, 0), (64, 40), (1, 5)])
+def test_accidental_hit_pairs_equal_the_full_comparison(batch, extra):
+    generator = torch.Generator().manual_seed(batch + extra)
+    ids = torch.randint(0, 12, (batch + extra,), generator=generator)  # many repeats
+    same = ids.unsqueeze(0) == ids[:batch].unsqueeze(1)
+    same[:, :batch].fill_diagonal_(False)
+    rows, columns = accidental_hits(ids, batch)
+    found = torch.zeros_like(same)
+    found[rows, columns] = True
+    assert torch.equal(found, same)
+    assert len(rows) == int(same.sum())  # each pair once
 
 
 def test_accidental_hits_and_logq_combine():

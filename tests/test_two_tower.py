@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamrec.models.two_tower import POOLINGS, ItemTower, QueryTower, TwoTower, TwoTowerConfig
+from streamrec.models import two_tower
+from streamrec.models.two_tower import POOLINGS, ItemTower, QueryTower, TwoTower, TwoTowerConfig, weighted_bag
 
 N_ITEMS = 5
 
@@ -158,6 +159,36 @@ def test_mean_pool_gradients_match_explicit_mean():
     explicit_mean_pool(tower, HISTORY, WATCH, BUCKETS).sum().backward()
     for name, grad in fast.items():
         assert torch.allclose(grad, tower.get_parameter(name).grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("slice_positions", [8192, 4, 1])  # the backward in 1, 3 or 3 slices
+def test_weighted_bag_forward_and_gradients_equal_the_explicit_sum(slice_positions, monkeypatch):
+    monkeypatch.setattr(two_tower, "BAG_BACKWARD_POSITIONS", slice_positions)
+    torch.manual_seed(0)
+    table = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([[0, 2, 2, 5], [1, 1, 1, 1], [0, 0, 0, 0]])  # a repeated row; all padding
+    weights = torch.rand(3, 4, dtype=torch.float64) * (indices > 0)
+    weights.requires_grad_(True)
+    out = weighted_bag(table, indices, weights)
+    assert torch.allclose(out, (table[indices] * weights.unsqueeze(-1)).sum(1))
+    assert torch.equal(out[2], torch.zeros(3, dtype=torch.float64))
+    assert torch.autograd.gradcheck(weighted_bag, (table, indices, weights))
+    # Rows only padding points at get no gradient, whatever their weight in the forward.
+    weighted_bag(table, indices, weights.detach()).sum().backward()
+    assert torch.equal(table.grad[[3, 4]], torch.zeros(2, 3, dtype=torch.float64))
+    assert torch.equal(table.grad[0], torch.zeros(3, dtype=torch.float64))
+
+
+def test_item_text_is_the_mean_of_each_titles_token_embeddings():
+    torch.manual_seed(0)
+    tower = ItemTower(config(n_genres=0))
+    tokens = item_features()["tokens"]
+    zeros = torch.zeros(len(tokens))
+    text = tower.content(torch.zeros(len(tokens), 0), zeros, zeros, tokens) - tower.year_proj.bias
+    reference = torch.nn.EmbeddingBag(9, 4, mode="mean", padding_idx=0)
+    reference.weight = tower.text_embedding.weight
+    assert torch.allclose(text, reference(tokens), atol=1e-6)
+    assert torch.equal(text[2], torch.zeros(4))  # a title without text
 
 
 # -- member features and request context ------------------------------------------------

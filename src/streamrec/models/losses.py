@@ -56,9 +56,8 @@ class SampledSoftmaxLoss(nn.Module):
         else:
             logits = query @ candidates.T / self.temperature
         if self.remove_accidental_hits:
-            same = candidate_ids.unsqueeze(0) == candidate_ids[:batch].unsqueeze(1)
-            same[:, :batch].fill_diagonal_(False)
-            logits = logits.masked_fill_(same, MASKED)  # in place: the logits are fresh and 4 MB
+            rows, columns = accidental_hits(candidate_ids, batch)
+            logits = logits.index_put_((rows, columns), logits.new_tensor(MASKED))  # in place: fresh logits
         labels = torch.arange(batch, device=query.device)
         return F.cross_entropy(logits, labels)
 
@@ -88,6 +87,27 @@ class FullSoftmaxLoss(nn.Module):
             valid = (history > 0) & (history - 1 != targets.unsqueeze(1))
             logits = logits.index_put((rows[valid], history[valid] - 1), torch.tensor(MASKED, device=logits.device))
         return F.cross_entropy(logits, targets)
+
+
+def accidental_hits(candidate_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the candidates that are the same title as row i's positive
+    (``candidate_ids[i]``, i < ``batch``), the positive itself excluded.
+
+    Found by sorting the candidates and, for each row, reading its title's run of
+    equal ids, so the cost follows the number of hits (a few thousand at B = 1,024)
+    rather than the B x C comparison matrix, whose building and masking (forward and
+    backward) took ~1.3 ms of a ~26 ms CPU step.
+    """
+    ordered, order = candidate_ids.sort()
+    targets = candidate_ids[:batch]
+    first = torch.searchsorted(ordered, targets)
+    counts = torch.searchsorted(ordered, targets, right=True) - first  # >= 1: the positive itself
+    rows = torch.repeat_interleave(torch.arange(batch, device=candidate_ids.device), counts)
+    # The j-th pair of row i reads position first[i] + j of the sorted candidates.
+    shift = torch.repeat_interleave(first - (counts.cumsum(0) - counts), counts)
+    columns = order[shift + torch.arange(len(rows), device=candidate_ids.device)]
+    other = columns != rows
+    return rows[other], columns[other]
 
 
 def mixture_log_q(item_probability: torch.Tensor, batch_size: int, n_uniform: int) -> torch.Tensor:
