@@ -191,6 +191,18 @@ def test_item_text_is_the_mean_of_each_titles_token_embeddings():
     assert torch.equal(text[2], torch.zeros(4))  # a title without text
 
 
+def test_towers_train_under_bf16_autocast():
+    """Mixed precision (``trainer.precision=bf16-mixed``) runs the bags with fp32 tables."""
+    torch.manual_seed(0)
+    model = TwoTower(config(), **item_features())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = (model.query({"history": HISTORY, "history_watch": WATCH, "history_age_days": AGE})
+                @ model.item_vectors(torch.arange(N_ITEMS)).T).sum()
+    loss.backward()
+    assert torch.isfinite(model.item_tower.text_embedding.weight.grad).all()
+    assert model.query_tower.history_embedding.weight.grad.abs().sum() > 0
+
+
 # -- member features and request context ------------------------------------------------
 def context_config(**overrides) -> TwoTowerConfig:
     return config(user_feature_cardinalities=[3, 4], n_devices=2, use_hour=True, **overrides)

@@ -129,7 +129,7 @@ class ItemTower(nn.Module):
             out = out + self.genre_proj(genres)
         if self.text_embedding is not None:
             # The mean over each title's tokens (0 = padding), as the EmbeddingBag's "mean".
-            present = (tokens > 0).to(out.dtype)
+            present = (tokens > 0).to(self.text_embedding.weight.dtype)  # the table's: autocast makes out bf16
             weights = present / present.sum(dim=1, keepdim=True).clamp(min=1)
             out = out + weighted_bag(self.text_embedding.weight, tokens, weights)
         return out
