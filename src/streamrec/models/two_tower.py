@@ -114,7 +114,7 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(config.n_items, d) if config.use_item_ids else None
         self.genre_proj = nn.Linear(config.n_genres, d, bias=False) if config.n_genres else None
         self.text_embedding = (
-            nn.EmbeddingBag(config.text_buckets + 1, d, mode="mean", padding_idx=0) if config.text_buckets else None
+            nn.Embedding(config.text_buckets + 1, d, padding_idx=0) if config.text_buckets else None
         )
         self.year_proj = nn.Linear(2, d)
         self.mlp = _mlp(2 * d, config.hidden, d, config.dropout)
@@ -128,7 +128,7 @@ class ItemTower(nn.Module):
         if self.genre_proj is not None:
             out = out + self.genre_proj(genres)
         if self.text_embedding is not None:
-            # The mean over each title's tokens (0 = padding), as the EmbeddingBag's "mean".
+            # The mean of each title's token vectors (0 = padding; no tokens -> zeros).
             present = (tokens > 0).to(self.text_embedding.weight.dtype)  # the table's: autocast makes out bf16
             weights = present / present.sum(dim=1, keepdim=True).clamp(min=1)
             out = out + weighted_bag(self.text_embedding.weight, tokens, weights)
