@@ -3,6 +3,7 @@ excluded: the steps run through a real ``pl.Trainer`` fit loop).
 
     python scripts/benchmarks/bench_training.py                      # default model
     python scripts/benchmarks/bench_training.py --interactions 1000000 --epochs 1
+    python scripts/benchmarks/bench_training.py --ops     # the step's custom ops vs PyTorch's
 
 Generates a simulator log, trains the default model (d=64, history 50, batch 1,024,
 sampled softmax with logQ) for the given number of epochs without validation, and
@@ -21,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from streamrec.data import Preprocessing, SimulatorSource, SplitSpec, prepare_dataset
+from streamrec.models.losses import accidental_hits
+from streamrec.models.two_tower import weighted_bag
 from streamrec.training.datamodule import RetrievalDataModule
 from streamrec.training.module import TwoTowerModule
 from streamrec.training.train import model_inputs
@@ -41,6 +45,60 @@ class _Timer(pl.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._start)
 
 
+def _median_ms(fn, repeats: int = 60) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def bench_ops(batch: int, history: int, dim: int, items: int) -> None:
+    """Forward + backward of the step's two bags (history, title tokens) and the
+    accidental-hit mask at the benchmark's shapes: streamrec's ops against PyTorch's."""
+    generator = torch.Generator().manual_seed(0)
+    print("| op | shape | PyTorch ms | streamrec ms |\n|---|---|---:|---:|")
+    for name, rows, width in [("history bag", items + 1, history), ("title-token bag", 16_385, 24)]:
+        table = torch.randn(rows, dim, requires_grad=True)
+        indices = torch.randint(0, rows, (batch, width), generator=generator)
+        weights = torch.rand(batch, width, generator=generator) * (indices > 0)
+        grad = torch.randn(batch, dim, generator=generator)
+
+        def native():
+            F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights, padding_idx=0).backward(grad)
+            table.grad = None
+
+        def ours():
+            weighted_bag(table, indices, weights).backward(grad)
+            table.grad = None
+
+        print(f"| {name}, forward + backward | {batch} x {width} of {rows:,} x {dim} "
+              f"| {_median_ms(native):.2f} | {_median_ms(ours):.2f} |")
+    # Popularity-skewed positives, as in-batch candidates are.
+    probability = 1.0 / torch.arange(1, items + 1, dtype=torch.float64) ** 0.9
+    ids = torch.multinomial(probability, batch, replacement=True, generator=generator)
+    logits = torch.randn(batch, batch, requires_grad=True)
+
+    def dense():
+        same = ids.unsqueeze(0) == ids.unsqueeze(1)
+        same.fill_diagonal_(False)
+        (logits * 1.0).masked_fill_(same, -1e9).sum().backward()
+
+    def pairs():
+        rows, columns = accidental_hits(ids, batch)
+        (logits * 1.0).index_put_((rows, columns), torch.tensor(-1e9)).sum().backward()
+
+    def unmasked():
+        (logits * 1.0).sum().backward()
+
+    base = _median_ms(unmasked)
+    print(f"| accidental-hit mask, forward + backward (over the unmasked logits' {base:.2f} ms) | {batch} x {batch} "
+          f"| {_median_ms(dense) - base:.2f} | {_median_ms(pairs) - base:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=50_000)
@@ -53,7 +111,11 @@ def main() -> None:
     parser.add_argument("--pooling", default="mean")
     parser.add_argument("--loss", default="sampled")
     parser.add_argument("--history-mode", default="sequential")
+    parser.add_argument("--ops", action="store_true", help="time the step's custom ops against PyTorch's and exit")
     args = parser.parse_args()
+    if args.ops:
+        bench_ops(args.batch_size, args.history, args.dim, args.items)
+        return
 
     pl.seed_everything(0, verbose=False)
     source = SimulatorSource(n_users=args.users, n_items=args.items, n_interactions=args.interactions, seed=0)
