@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +66,11 @@ def bench_ops(batch: int, history: int, dim: int, items: int) -> None:
         weights = torch.rand(batch, width, generator=generator) * (indices > 0)
         grad = torch.randn(batch, dim, generator=generator)
 
-        def native():
+        def native(table=table, indices=indices, weights=weights, grad=grad):
             F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights, padding_idx=0).backward(grad)
             table.grad = None
 
-        def ours():
+        def ours(table=table, indices=indices, weights=weights, grad=grad):
             weighted_bag(table, indices, weights).backward(grad)
             table.grad = None
 
