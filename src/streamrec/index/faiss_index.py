@@ -24,6 +24,7 @@ METRIC = faiss.METRIC_INNER_PRODUCT
 FLAT_MAX_ITEMS = 50_000  # below this an exact scan of a query costs < ~0.5 ms on one core
 IVF_TRAIN_POINTS_PER_LIST = 40  # FAISS warns below 39 training points per centroid
 IVF_TRAIN_ITERATIONS = 10  # k-means iterations; recall is insensitive beyond ~10 at this size
+LATENCY_ROUNDS = 3  # timing rounds over the swept search-parameter values
 _CANDIDATES = {
     "nprobe": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
     "efSearch": [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
@@ -131,30 +132,44 @@ class SweepPoint:
     p99_ms: float
 
 
-def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: int | None,
-            exclude: list[np.ndarray] | None = None, timed_queries: int = 200) -> SweepPoint:
-    """Recall of ``index`` at search parameter ``value``, and single-query latency.
+def _recall_at(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: int | None,
+               exclude: list[np.ndarray] | None) -> float:
+    """Recall@k of ``index`` at search parameter ``value`` against ``truth`` [Q, k].
 
     With ``exclude`` (per query, e.g. the member's watched titles), the search asks for
     k + len(exclusions) ids and drops the excluded ones, exactly as serving does.
     """
     set_search_parameter(index, value)
     k = truth.shape[1]
+    extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+    return recall(_without(index.search(queries, k + extra)[1], exclude, k), truth)
+
+
+def _latencies(index: faiss.Index, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None,
+               values: list[int | None], timed_queries: int = 200,
+               rounds: int = LATENCY_ROUNDS) -> dict[int | None, tuple[float, float]]:
+    """p50 and p99 ms of one query at a time on one thread, for each search parameter value.
+
+    The values take turns over ``rounds`` rounds, so a transient slowdown (the cores
+    still busy after building the index, say) spreads over all of them instead of bending
+    the curve at whichever values it hit.
+    """
     extra = [len(e) for e in exclude] if exclude is not None else [0] * len(queries)
-    found = _without(index.search(queries, k + max(extra, default=0))[1], exclude, k)
+    times: dict[int | None, list[float]] = {value: [] for value in values}
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        times = []
-        for q, e in zip(queries[:timed_queries], extra):
-            start = time.perf_counter()
-            index.search(q[None], k + e)
-            times.append(time.perf_counter() - start)
+        for _ in range(rounds):
+            for value in values:
+                set_search_parameter(index, value)
+                for q, e in zip(queries[:timed_queries], extra):
+                    start = time.perf_counter()
+                    index.search(q[None], k + e)
+                    times[value].append(time.perf_counter() - start)
     finally:
         faiss.omp_set_num_threads(previous)
-    times_ms = np.array(times) * 1e3
-    return SweepPoint(value, recall(found, truth), float(np.percentile(times_ms, 50)),
-                      float(np.percentile(times_ms, 99)))
+    return {value: (float(np.percentile(np.array(t) * 1e3, 50)), float(np.percentile(np.array(t) * 1e3, 99)))
+            for value, t in times.items()}
 
 
 def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
@@ -168,7 +183,8 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
 
     Returns (value, its recall, the whole sweep). Exact indexes return (None, 1.0, [point]).
     The sweep continues a few values past the target so the recall-latency curve shows the
-    trade-off; if no value reaches the target, the best one is returned.
+    trade-off; if no value reaches the target, the best one is returned. Latencies are
+    timed after the sweep, the values taking turns (see ``_latencies``).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if exclude is not None and len(exclude) != len(queries):
@@ -176,25 +192,22 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
     depth = k + max((len(e) for e in exclude), default=0) if exclude is not None else k
     truth = _without(exact_search(vectors, queries, min(depth, len(vectors))), exclude, k)
     name = search_parameter(index)
+    recalls: dict[int | None, float] = {}
     if name is None:
-        point = measure(index, queries, truth, None, exclude)
-        return None, point.recall, [point]
-    ivf = faiss.try_extract_index_ivf(_unwrap(index))
-    candidates = [v for v in _CANDIDATES[name] if ivf is None or v <= ivf.nlist]
-    sweep: list[SweepPoint] = []
-    chosen: SweepPoint | None = None
-    past_target = 0
-    for value in candidates:
-        point = measure(index, queries, truth, value, exclude)
-        sweep.append(point)
-        if chosen is None and point.recall >= target_recall:
-            chosen = point
-        if chosen is not None:
-            past_target += 1
-            if past_target > 3 or point.recall >= 0.9999:
-                break
-    if chosen is None:
-        chosen = max(sweep, key=lambda p: p.recall)
+        recalls[None] = _recall_at(index, queries, truth, None, exclude)
+    else:
+        ivf = faiss.try_extract_index_ivf(_unwrap(index))
+        past_target = 0
+        for value in [v for v in _CANDIDATES[name] if ivf is None or v <= ivf.nlist]:
+            recalls[value] = _recall_at(index, queries, truth, value, exclude)
+            if past_target or recalls[value] >= target_recall:
+                past_target += 1
+                if past_target > 3 or recalls[value] >= 0.9999:
+                    break
+    timing = _latencies(index, queries, k, exclude, list(recalls))
+    sweep = [SweepPoint(value, r, *timing[value]) for value, r in recalls.items()]
+    reached = [p for p in sweep if p.recall >= target_recall]
+    chosen = reached[0] if reached else max(sweep, key=lambda p: p.recall)
     set_search_parameter(index, chosen.value)
     return chosen.value, chosen.recall, sweep
 
@@ -209,9 +222,11 @@ def plot_sweep(sweep: list[SweepPoint], parameter: str | None, chosen: int | Non
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p.p50_ms for p in sweep], [p.recall for p in sweep], marker="o")
-    for p in sweep:
+    for i, p in enumerate(sweep):
         label = f"{parameter}={p.value}" if parameter else "exact"
-        ax.annotate(label, (p.p50_ms, p.recall), textcoords="offset points", xytext=(4, -10), fontsize=7,
+        # Alternately below and above the point, so neighbours near the top do not overlap.
+        ax.annotate(label, (p.p50_ms, p.recall), textcoords="offset points", xytext=(4, -10 if i % 2 == 0 else 5),
+                    fontsize=7,
                     fontweight="bold" if p.value == chosen else "normal")
     if target_recall is not None:
         ax.axhline(target_recall, color="grey", linestyle="--", linewidth=1, label=f"target {target_recall:g}")
