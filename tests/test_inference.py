@@ -344,6 +344,38 @@ def test_remove_items_never_returns_them(tmp_path, factory):
         recommender.remove_items(top[:1])
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_a_mapped_index_and_a_read_one_serve_and_change_alike(tmp_path, monkeypatch, factory):
+    """The index is memory-mapped where FAISS can, and read where it cannot (macOS); both
+    serve the same and take catalogue changes (on a mapped index a plain clone would
+    crash the process)."""
+    import faiss
+
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory=factory, progress=False)
+    mapped = Recommender.load(tmp_path / "a")
+    read_index = faiss.read_index
+
+    def cannot_map(path, flags=0):
+        if flags & faiss.IO_FLAG_MMAP_IFC:
+            raise RuntimeError("Error: mmap is not implemented on this platform")
+        return read_index(path, flags)
+
+    monkeypatch.setattr(faiss, "read_index", cannot_map)
+    read = Recommender.load(tmp_path / "a")
+    assert mapped._catalogue.mapped and not read._catalogue.mapped
+    ids = items["item_id"].tolist()
+    for recommender in (mapped, read):
+        recommender.remove_items(ids[:3])
+        recommender.add_items([{"item_id": 9000, "title": "New", "genres": ["Comedy"], "year": 2024.0}])
+        recommender.remove_items(ids[3:4])  # the second change clones the now in-memory index
+        assert not recommender._catalogue.mapped
+    for history in ([ids[5], ids[6]], ids[10:20], [9000]):
+        assert mapped.recommend(history, k=12).item_ids == read.recommend(history, k=12).item_ids
+    assert not set(ids[:4]) & set(mapped.recommend(ids[10:12], k=N_ITEMS).item_ids)
+
+
 # -- concurrency ---------------------------------------------------------------------------------
 def run_in_threads(work, n_threads: int) -> list[BaseException]:
     """Run ``work(worker)`` for each worker index in its own thread; the errors they raised."""

@@ -23,13 +23,15 @@ Columns:
   result objects, from the query vector), and its overhead over the raw search.
 
 - load s: ``Recommender.load`` in the benchmark process right after the export; fresh
-  process: in a new interpreter after its imports, as a service starting up.
+  process: in a new interpreter after its module imports (the artifact's files are in the
+  page cache: a service restarting on the same host).
 - python floor: a function that only looks up the 50 history ids in the catalogue's dict
   and returns 10 (row, score) pairs: the least any Python call serving a history does
   besides the tower and FAISS.
 
-Each of these is timed in its own pass over all members (3 alternating rounds, p50 of all
-calls), so no stage runs on caches another stage has just warmed with the same query.
+Each of these is timed in its own pass over all members (3 rounds, the stages in a rotated
+order each round; p50 of all calls), so no stage runs on caches another stage has just
+warmed with the same query. Overheads are differences of those p50s.
 
     python scripts/benchmarks/bench_inference.py                      # 100,000 and 1,000,000 titles
     python scripts/benchmarks/bench_inference.py --sizes 100000 --members 500
@@ -104,8 +106,8 @@ def histories(cluster: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
 
 
 def load_in_fresh_process(path: Path) -> float:
-    """Seconds of ``Recommender.load`` in a new interpreter (its imports not counted), as a
-    service starting up sees it."""
+    """Seconds of ``Recommender.load`` in a new interpreter, its module imports not counted
+    (the files are in the page cache: a service restarting on the same host)."""
     code = ("import sys, time\nfrom streamrec.inference import Recommender\n"
             "start = time.perf_counter()\nRecommender.load(sys.argv[1])\nprint(time.perf_counter() - start)")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
@@ -185,12 +187,15 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         "python floor": lambda i: _python_floor(raw[i], recommender._catalogue.history_rows),
     }
     # Each stage runs as its own pass over all members, as a service runs one kind of call
-    # after another; the passes alternate for ROUNDS rounds. (Timing the stages one after
-    # another per member let a stage run on caches the previous one had just warmed with
-    # the same query: the search stage then measured faster than the raw search it wraps.)
+    # after another; the passes alternate for ROUNDS rounds, in a rotated order each round
+    # so that no stage always follows the same one. (Timing the stages one after another
+    # per member let a stage run on caches the previous one had just warmed with the same
+    # query: the search stage then measured faster than the raw search it wraps.)
     times: dict[str, list[float]] = {name: [] for name in stages}
-    for _ in range(ROUNDS):
-        for name, stage in stages.items():
+    names = list(stages)
+    for r in range(ROUNDS):
+        for name in names[r:] + names[:r]:
+            stage = stages[name]
             for i in range(members):
                 start = time.perf_counter()
                 stage(i)

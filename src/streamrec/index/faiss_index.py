@@ -232,6 +232,7 @@ def plot_sweep(sweep: list[SweepPoint], parameter: str | None, chosen: int | Non
         ax.axhline(target_recall, color="grey", linestyle="--", linewidth=1, label=f"target {target_recall:g}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.1)  # room for the last point's label
     ax.set_xlabel("p50 latency per query (ms, 1 thread)")
     ax.set_ylabel("recall@k vs exact search")
     ax.set_title(title or "recall vs latency")
