@@ -168,8 +168,7 @@ def _latencies(index: faiss.Index, queries: np.ndarray, k: int, exclude: list[np
                     times[value].append(time.perf_counter() - start)
     finally:
         faiss.omp_set_num_threads(previous)
-    return {value: (float(np.percentile(np.array(t) * 1e3, 50)), float(np.percentile(np.array(t) * 1e3, 99)))
-            for value, t in times.items()}
+    return {value: tuple(float(ms) for ms in np.percentile(np.array(t) * 1e3, [50, 99])) for value, t in times.items()}
 
 
 def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10,
