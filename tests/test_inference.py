@@ -560,6 +560,28 @@ def test_string_item_ids_serve_end_to_end(tmp_path):
         recommender.recommend([3])
 
 
+def test_sparse_integer_ids_serve_like_compact_ones(tmp_path, recommender, artifact):
+    """Ids far apart are looked up in a dict rather than a table indexed by the id: same answers."""
+    model, spec, items, popularity = tiny_catalogue()
+    compact = items["item_id"].to_numpy()
+    sparse = 10**12 + 7 * (compact - 1000)
+    export_artifact(tmp_path / "s", model, {**spec, "item_map": {"kind": "int", "ids": sparse.tolist()}},
+                    items.assign(item_id=sparse), popularity, model.all_item_vectors().numpy()[:10], factory="Flat",
+                    progress=False)
+    served = Recommender.load(tmp_path / "s")
+    to_sparse = dict(zip(compact.tolist(), sparse.tolist()))
+    for rows in ([3, 17, 42], [5], list(range(0, 400, 37))):
+        history = compact[rows].tolist()
+        expected = recommender.recommend(history + [99999], k=12)
+        got = served.recommend([to_sparse[i] for i in history] + [99999], k=12)
+        assert got.item_ids == [to_sparse[i] for i in expected.item_ids]
+        assert got.scores == expected.scores and got.unknown_ids == (99999,)
+    assert served.similar_items(int(sparse[3]), k=4).item_ids == [to_sparse[i] for i in
+                                                                  recommender.similar_items(int(compact[3]),
+                                                                                            k=4).item_ids]
+    assert int(sparse[3]) in served and int(compact[3]) not in served
+
+
 def test_a_removed_title_is_still_read_from_histories(artifact):
     recommender = Recommender.load(artifact[0])
     ids = artifact[2]["item_id"].tolist()

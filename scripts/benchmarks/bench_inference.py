@@ -21,13 +21,15 @@ Columns:
   validation, id mapping, tower input preparation, exclusion and results;
 - search stage: the module's wrapper around FAISS alone (search + seen-title exclusion +
   result objects, from the query vector), and its overhead over the raw search.
+- similar_items: the public call whose query is a catalogue vector (no tower), against a
+  raw ``index.search`` of that title's vector for k + 1 (the title itself is dropped).
 
 - load s: ``Recommender.load`` in the benchmark process right after the export; fresh
   process: in a new interpreter after its module imports (the artifact's files are in the
   page cache: a service restarting on the same host).
-- python floor: a function that only looks up the 50 history ids in the catalogue's dict
-  and returns 10 (row, score) pairs: the least any Python call serving a history does
-  besides the tower and FAISS.
+- python floor: a function that only looks up the 50 history ids (one numpy gather, as the
+  recommender does) and returns 10 (row, score) pairs: the least any Python call serving a
+  history does besides the tower and FAISS.
 
 Each of these is timed in its own pass over all members (3 rounds, the stages in a rotated
 order each round; p50 of all calls), so no stage runs on caches another stage has just
@@ -114,10 +116,11 @@ def load_in_fresh_process(path: Path) -> float:
     return float(done.stdout.split()[-1])
 
 
-def _python_floor(history: list[int], rows: dict) -> list[tuple[int, float]]:
-    """The least a Python serving call does besides the tower and FAISS: look up each
-    history id and hand back k = 10 (row, score) pairs."""
-    found = list(map(rows.get, history))
+def _python_floor(history: list[int], lookup) -> list[tuple[int, float]]:
+    """The least a Python serving call does besides the tower and FAISS: look up the
+    history's rows (one numpy gather, as the recommender does) and hand back k = 10
+    (row, score) pairs."""
+    found = lookup.rows(history).tolist()
     return [(row, 0.0) for row in found[:10]]
 
 
@@ -168,6 +171,9 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     singles = [{key: value[i:i + 1] for key, value in tower_in.items()} for i in range(members)]
     tensors = [{key: torch.from_numpy(value) for key, value in one.items()} for one in singles]
     excluded = [t.tolist() for t in test]
+    catalogue_vectors = recommender._catalogue.vectors
+    similar_rows = [int(t[0]) for t in test]  # one watched title per member, as "because you watched"
+    similar_ids = item_ids[similar_rows].tolist()
 
     def torch_tower(i):
         with torch.inference_mode():
@@ -184,6 +190,8 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         "faiss": lambda i: index.search(vectors[i:i + 1], 10 + len(raw[i])),
         "recommend": lambda i: recommender.recommend(raw[i], k=10),
         "search-stage": search_stage,
+        "similar_items": lambda i: recommender.similar_items(similar_ids[i], k=10),
+        "faiss (similar)": lambda i: index.search(catalogue_vectors[similar_rows[i]:similar_rows[i] + 1], 11),
         "python floor": lambda i: _python_floor(raw[i], recommender._catalogue.history_rows),
     }
     # Each stage runs as its own pass over all members, as a service runs one kind of call
@@ -201,7 +209,6 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
                 stage(i)
                 times[name].append(time.perf_counter() - start)
     found = [np.array(recommender.recommend(h, k=10).item_ids) - 1 for h in raw]
-    catalogue_vectors = recommender._catalogue.vectors
     hits = 0
     for i in range(min(members, 500)):
         scores = catalogue_vectors @ vectors[i]
@@ -215,6 +222,10 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         100 * (row["recommend p50 ms"] - row["tower p50 ms"] - row["faiss p50 ms"]) / row["faiss p50 ms"])
     row["search-stage p50 ms"] = percentiles(times["search-stage"])[0]
     row["search-stage overhead %"] = 100 * (row["search-stage p50 ms"] - row["faiss p50 ms"]) / row["faiss p50 ms"]
+    row["similar_items p50 ms"] = percentiles(times["similar_items"])[0]
+    row["faiss (similar) p50 ms"] = percentiles(times["faiss (similar)"])[0]
+    row["similar_items overhead %"] = (100 * (row["similar_items p50 ms"] - row["faiss (similar) p50 ms"])
+                                       / row["faiss (similar) p50 ms"])
     row["python floor p50 ms"] = percentiles(times["python floor"])[0]
     row["python floor % of faiss"] = 100 * row["python floor p50 ms"] / row["faiss p50 ms"]
 

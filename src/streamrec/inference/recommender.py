@@ -34,6 +34,7 @@ from streamrec.index.faiss_index import set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.items import ItemTable
 from streamrec.inference.query_encoder import NumpyQueryTower, supports
+from streamrec.inference.row_lookup import ABSENT, RowLookup
 from streamrec.models.two_tower import SECONDS_PER_DAY, ItemTower, QueryTower, TwoTowerConfig, hour_code
 
 log = logging.getLogger(__name__)
@@ -78,20 +79,41 @@ class Recommendation:
     __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
 class Recommendations(Sequence):
     """A ranked list of :class:`Recommendation` plus how it was made.
 
+    ``item_ids``, ``scores``: plain lists in rank order (what a service usually passes
+    on); the :class:`Recommendation` objects, with their metadata, are made when the list
+    itself is read.
     ``unknown_ids``: history ids skipped because the catalogue does not have them.
     ``source``: ``model`` or ``popularity`` (empty or all-unknown history).
     """
 
-    items: tuple[Recommendation, ...]
-    unknown_ids: tuple[Any, ...] = ()
-    source: str = "model"
+    __slots__ = ("_ids", "_scores", "_rows", "_table", "_items", "unknown_ids", "source")
+
+    def __init__(self, item_ids: list[Any], scores: list[float], rows: list[int], table: ItemTable,
+                 unknown_ids: tuple[Any, ...] = (), source: str = "model"):
+        self._ids, self._scores, self._rows, self._table = item_ids, scores, rows, table
+        self._items: tuple[Recommendation, ...] | None = None
+        self.unknown_ids, self.source = unknown_ids, source
+
+    @property
+    def item_ids(self) -> list[Any]:
+        return list(self._ids)
+
+    @property
+    def scores(self) -> list[float]:
+        return list(self._scores)
+
+    @property
+    def items(self) -> tuple[Recommendation, ...]:
+        if self._items is None:  # a benign race: two threads may both build the same tuple
+            table = self._table
+            self._items = tuple(Recommendation(i, s, table, r) for i, s, r in zip(self._ids, self._scores, self._rows))
+        return self._items
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._ids)
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.items[i]
@@ -99,9 +121,15 @@ class Recommendations(Sequence):
     def __iter__(self) -> Iterator[Recommendation]:
         return iter(self.items)
 
-    @property
-    def item_ids(self) -> list[Any]:
-        return [r.item_id for r in self.items]
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Recommendations) and (self.unknown_ids, self.source) == (other.unknown_ids,
+                                                                                          other.source)
+                and self.items == other.items)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Recommendations({list(self.items)!r}, unknown_ids={self.unknown_ids!r}, source={self.source!r})"
 
 
 @dataclass(frozen=True)
@@ -111,8 +139,10 @@ class _Catalogue:
     index: faiss.Index
     vectors: np.ndarray  # [rows, d]; row i = FAISS id i (removed rows stay, inactive)
     item_ids: np.ndarray  # [rows] raw id of each row
-    rows: dict[Any, int]  # raw id -> row, active titles only (what can be recommended)
-    history_rows: dict[Any, int]  # raw id -> row the query tower reads (removed titles too)
+    rows: RowLookup  # raw id -> row, active titles only (what can be recommended)
+    # raw id -> row the query tower reads (removed titles too; a re-added title keeps its
+    # trained row); the same object as `rows` while every row is active and unique
+    history_rows: RowLookup
     active: np.ndarray  # [rows] bool
     table: ItemTable  # metadata per row
     popular: np.ndarray  # active rows, most training views first
@@ -128,11 +158,11 @@ class _Catalogue:
 
 @dataclass
 class _Request:
-    seen: list[int]  # catalogue rows of the history (to exclude)
+    seen: np.ndarray  # [n] catalogue rows of the history (to exclude), ABSENT for ids not servable
     unknown: list[Any]
-    rows: list[int]  # the history the query tower reads: titles it was trained with, in time order
-    watch: list[float] | None  # None = fully watched
-    times: list[float] | None
+    codes: np.ndarray  # the history the query tower reads (row + 1): titles it was trained with, in time order
+    watch: np.ndarray | None  # [len(codes)] float32; None = fully watched
+    times: np.ndarray | None  # [len(codes)] unix seconds
     now: float | None  # the request's moment: `now`, else the latest given view time
     features: Mapping[str, Any] | None
     device: Any
@@ -194,7 +224,8 @@ class Recommender:
             item_tower = _load_module(path / "item_tower.pt", lambda state: ItemTower(item_config))
             index, mapped = _read_index(path / "index.faiss")
             set_search_parameter(index, manifest["index"]["search_value"])
-            vectors = _read_npy(path / "item_vectors.npy")
+            # A plain ndarray over the mapping: indexing an np.memmap costs ~1.8 µs more per call.
+            vectors = np.asarray(_read_npy(path / "item_vectors.npy"))
             table = ItemTable.from_arrow(_read_parquet(path / "items.parquet"))
         except (KeyError, TypeError) as error:
             raise ArtifactError(f"{path / 'manifest.json'}: missing or unexpected field ({error}); "
@@ -210,14 +241,12 @@ class Recommender:
             raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
                                 f"items.parquet {n} rows disagree; rebuild the artifact.")
         popularity = np.asarray(table.scalars.get("popularity", np.zeros(n)), dtype=np.float64)
-        ids = item_ids.tolist()
         if active.all():
-            rows = history_rows = dict(zip(ids, range(n)))
+            rows = history_rows = RowLookup.of(item_ids, np.arange(n))
         else:
-            rows = {item_id: row for row, item_id in enumerate(ids) if active[row]}
-            history_rows = {}
-            for row, item_id in enumerate(ids):  # the first (trained) row of a re-added title
-                history_rows.setdefault(item_id, row)
+            rows = RowLookup.of(item_ids[active], np.flatnonzero(active))
+            _, first = np.unique(item_ids, return_index=True)  # a re-added title's trained row
+            history_rows = RowLookup.of(item_ids[first], first)
         popular = np.argsort(-popularity, kind="stable")
         catalogue = _Catalogue(
             index=index, mapped=mapped, vectors=vectors, item_ids=item_ids, rows=rows, history_rows=history_rows,
@@ -283,7 +312,7 @@ class Recommender:
         request = self._request(history, catalogue, timestamps, watch_fractions, now, member_features, device,
                                 strict, "history")
         mask = self._filter_mask(catalogue, filters)
-        if not request.rows:
+        if not len(request.codes):
             return self._popular(catalogue, request, k, exclude_seen, mask)
         query = self._queries([request])
         # One thread per call (OpenMP's setting is per calling thread): concurrent callers
@@ -337,7 +366,7 @@ class Recommender:
         ]
         mask = self._filter_mask(catalogue, filters)
         results: list[Recommendations | None] = [None] * b
-        modelled = [i for i, r in enumerate(requests) if r.rows]
+        modelled = [i for i, r in enumerate(requests) if len(r.codes)]
         if modelled:
             queries = self._queries([requests[i] for i in modelled])
             found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else () for i in modelled],
@@ -357,10 +386,10 @@ class Recommender:
         catalogue = self._catalogue
         self._check_id(item_id, "item_id")
         row = catalogue.rows.get(item_id)
-        if row is None:
+        if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
         mask = self._filter_mask(catalogue, filters)
-        rows, scores = self._search(catalogue, np.asarray(catalogue.vectors[row][None]), k, [[row]], mask, diversity,
+        rows, scores = self._search(catalogue, catalogue.vectors[row:row + 1], k, [[row]], mask, diversity,
                                     threads=1)[0]
         return self._result(catalogue, rows, scores, [], "model")
 
@@ -392,11 +421,9 @@ class Recommender:
             index.add_with_ids(vectors, new_rows)
             set_search_parameter(index, self.manifest["index"]["search_value"])
             metadata = frame.drop(columns=["item_id"]).assign(popularity=0)
-            rows = dict(old.rows)
-            rows.update(zip(ids, new_rows.tolist()))
-            history_rows = dict(old.history_rows)  # a re-added title keeps its trained history row
-            for item_id, row in zip(ids, new_rows.tolist()):
-                history_rows.setdefault(item_id, row)
+            rows = old.rows.updated(ids, new_rows)
+            # A re-added title keeps its trained history row (updated() keeps present ids).
+            history_rows = rows if old.history_rows is old.rows else old.history_rows.updated(ids, new_rows)
             item_ids = np.empty(len(old.item_ids) + len(ids), dtype=old.item_ids.dtype)
             item_ids[:start] = old.item_ids
             item_ids[start:] = ids
@@ -422,7 +449,7 @@ class Recommender:
             missing = [i for i in item_ids if i not in old.rows]
             if missing:
                 raise UnknownItemsError(f"item_ids: not in the catalogue: {missing[:10]}.")
-            rows = np.array([old.rows[i] for i in item_ids], dtype=np.int64)
+            rows = np.array([old.rows.get(i) for i in item_ids], dtype=np.int64)
             index = _writable_copy(old)
             deleted = True
             try:
@@ -432,9 +459,7 @@ class Recommender:
             set_search_parameter(index, self.manifest["index"]["search_value"])
             active = old.active.copy()
             active[rows] = False
-            remaining = dict(old.rows)
-            for i in item_ids:
-                del remaining[i]
+            remaining = old.rows.without(item_ids)
             self._catalogue = _Catalogue(
                 index=index, vectors=old.vectors, item_ids=old.item_ids, rows=remaining,
                 history_rows=old.history_rows, active=active, table=old.table,
@@ -502,34 +527,32 @@ class Recommender:
         if set(map(type, history)) - {exact_type}:  # exact types: bool is not an id
             for position, item_id in enumerate(history):
                 self._check_id(item_id, f"{name}[{position}]")
-        lookup = catalogue.history_rows
-        rows = list(map(lookup.get, history))
-        kept = range(n)
+        rows = catalogue.history_rows.rows(history)
+        seen = rows if catalogue.rows is catalogue.history_rows else catalogue.rows.rows(history)
+        codes = rows + 1  # the tower's code of a row; 0 = padding, not read
+        trained = self.config.n_items
+        if len(catalogue.item_ids) > trained:
+            codes[rows >= trained] = 0  # added after training: no history embedding (excluded, not read)
+        kept = None
         unknown: list[Any] = []
-        if None in rows:
-            unknown = [item_id for item_id, row in zip(history, rows) if row is None]
-            kept = [p for p, row in enumerate(rows) if row is not None]
-            rows = [rows[p] for p in kept]
+        if np.count_nonzero(codes) < n:
+            unknown = [history[p] for p in np.flatnonzero(rows == ABSENT).tolist()]
+            kept = np.flatnonzero(codes)
+            codes = codes[kept]
         if unknown:
             if strict:
                 raise UnknownItemsError(f"{name}: ids not in the catalogue: {unknown[:10]} (strict mode).")
             log.debug("%s: skipped %d unknown ids", name, len(unknown))
-        if times is not None and rows and any(times[a] > times[b] for a, b in zip(kept, kept[1:])):
-            order = sorted(range(len(kept)), key=lambda j: times[kept[j]])
-            kept, rows = [kept[j] for j in order], [rows[j] for j in order]
+        watch_kept = _kept(watch, kept, np.float32)
+        times_kept = _kept(times, kept, np.float64)
+        if times_kept is not None and len(codes) > 1 and (times_kept[1:] < times_kept[:-1]).any():
+            order = np.argsort(times_kept, kind="stable")
+            codes, times_kept = codes[order], times_kept[order]
+            watch_kept = watch_kept[order] if watch_kept is not None else None
         if member_features is not None:
             self._check_features(member_features)
-        active = catalogue.rows
-        seen = rows if active is lookup else [active[i] for i in history if i in active]
-        # Titles added after training have no history embedding: excluded, but not read.
-        trained = self.config.n_items
-        if rows and max(rows) >= trained:
-            pairs = [(p, r) for p, r in zip(kept, rows) if r < trained]
-            kept, rows = [p for p, _ in pairs], [r for _, r in pairs]
         return _Request(
-            seen=seen, unknown=unknown, rows=rows,
-            watch=[watch[p] for p in kept] if watch is not None else None,
-            times=[times[p] for p in kept] if times is not None else None,
+            seen=seen, unknown=unknown, codes=codes, watch=watch_kept, times=times_kept,
             now=now if now is not None or not times else max(times), features=member_features, device=device,
         )
 
@@ -549,15 +572,15 @@ class Recommender:
         age = np.zeros((b, length), dtype=np.float32)
         hour = np.zeros(b, dtype=np.int64)
         for i, r in enumerate(requests):
-            rows = r.rows[-length:]
-            m = len(rows)
-            history[i, length - m:] = np.asarray(rows) + 1
+            codes = r.codes[-length:]
+            m = len(codes)
+            history[i, length - m:] = codes
             watch[i, length - m:] = r.watch[-length:] if r.watch is not None else 1.0
             reference = r.now
             if reference is not None:
-                if r.times:
+                if r.times is not None and len(r.times):
                     # Clipped so that far-apart times stay finite in float32 (buckets end at 2^16 days).
-                    seconds = np.clip(reference - np.asarray(r.times[-length:]), 0, 1e15)
+                    seconds = np.clip(reference - r.times[-length:], 0, 1e15)
                     age[i, length - m:] = seconds / SECONDS_PER_DAY
                 hour[i] = int(hour_code(reference))
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
@@ -629,23 +652,22 @@ class Recommender:
                 faiss.omp_set_num_threads(previous)
         results = []
         for i, query in enumerate(queries):
-            excluded = set(excludes[i])
+            excluded = set(excludes[i].tolist() if isinstance(excludes[i], np.ndarray) else excludes[i])
+            excluded.discard(ABSENT)
             if exact:
                 rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
             else:
-                # Plain lists: at ~60 labels per member this is cheaper than numpy's setup.
-                found = labels[i].tolist()
-                if mask is None:
-                    keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded]
-                else:
-                    keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded and mask[row]]
-                keep = keep[:pool]
-                rows = [found[j] for j in keep]
-                if len(rows) < pool:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
+                # Plain lists, stopping at the pool: at ~60 labels per member, of which
+                # ~12 are read, cheaper than numpy's setup (docs/benchmarks.md).
+                rows, row_scores = [], []
+                for row, score in zip(labels[i].tolist(), scores[i].tolist()):
+                    if row >= 0 and row not in excluded and (mask is None or mask[row]):
+                        rows.append(row)
+                        row_scores.append(score)
+                        if len(rows) == pool:
+                            break
+                else:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
                     rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
-                else:
-                    found_scores = scores[i].tolist()
-                    row_scores = [found_scores[j] for j in keep]
             if diversity > 0:
                 rows, row_scores = _mmr(catalogue.vectors, np.asarray(rows, dtype=np.int64),
                                         np.asarray(row_scores, dtype=np.float32), k, diversity)
@@ -665,7 +687,7 @@ class Recommender:
     def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
                  filtered: tuple[np.ndarray, int] | None) -> Recommendations:
         order = catalogue.popular if filtered is None else catalogue.popular[filtered[0][catalogue.popular]]
-        seen = set(request.seen) if exclude_seen else set()
+        seen = set(request.seen.tolist()) - {ABSENT} if exclude_seen else set()
         # At most len(seen) of the first k + len(seen) titles can be excluded.
         rows = np.asarray([row for row in order[:k + len(seen)].tolist() if row not in seen][:k], dtype=np.int64)
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
@@ -674,10 +696,8 @@ class Recommender:
                 unknown: list[Any], source: str) -> Recommendations:
         rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
         scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
-        table = catalogue.table
         ids = catalogue.item_ids[rows].tolist() if rows else []
-        items = tuple(map(Recommendation, ids, scores, [table] * len(rows), rows))
-        return Recommendations(items, tuple(unknown), source)
+        return Recommendations(ids, scores, rows, catalogue.table, tuple(unknown), source)
 
     # -- new titles ------------------------------------------------------------------------
     def _embed(self, frame: pd.DataFrame) -> np.ndarray:
@@ -716,6 +736,14 @@ def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, n
     params = faiss.SearchParametersHNSW(sel=translated, efSearch=int(value or 16))
     return {"search_params": params, "keep_alive": (selector, translated, bits)}
 
+
+
+def _kept(values: list[float] | None, kept: np.ndarray | None, dtype) -> np.ndarray | None:
+    """``values`` as an array, at positions ``kept`` (None: all)."""
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=dtype)
+    return array if kept is None else array[kept]
 
 
 def _check_k(k: Any) -> None:
