@@ -271,6 +271,39 @@ def test_unknown_ids_are_skipped_and_reported_or_raise_in_strict_mode(recommende
         recommender.recommend([ids[0], 999_999], k=5, strict=True)
 
 
+def test_ids_that_are_not_servable_do_not_widen_the_search(tmp_path):
+    """Unknown and removed ids exclude nothing, so they must not raise how many results
+    FAISS is asked for (with HNSW that k also widens the graph search and changes the list)."""
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "h", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="HNSW16", progress=False)
+    recommender = Recommender.load(tmp_path / "h")
+    ids = items["item_id"].tolist()
+    asked = []
+    search = recommender._catalogue.index.search
+    recommender._catalogue.index.search = lambda x, k, **kw: asked.append(k) or search(x, k, **kw)
+    history = ids[3:8]
+    expected = recommender.recommend(history, k=10)
+    assert recommender.recommend(history + [99_999_999] * 60, k=10).item_ids == expected.item_ids
+    assert asked == [15, 15]
+    recommender.remove_items(ids[100:160])
+    asked.clear()
+    index = recommender._catalogue.index
+    search = index.search
+    index.search = lambda x, k, **kw: asked.append(k) or search(x, k, **kw)
+    recommender.recommend(history + ids[100:160], k=10)
+    assert asked == [15]
+
+
+def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, artifact):
+    ids = artifact[2]["item_id"].tolist()
+    assert ids[3] in recommender and np.int64(ids[3]) in recommender
+    assert float(ids[3]) not in recommender and True not in recommender and [ids[3]] not in recommender
+    with pytest.raises(ValueError, match=r"item_ids\[1\]: item ids of this catalogue are integers"):
+        recommender.remove_items([ids[3], float(ids[4])])
+    assert ids[3] in recommender  # nothing was removed
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"k": 0}, "k: expected a positive integer"),
     ({"k": -3}, "k: expected a positive integer"),

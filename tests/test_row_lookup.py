@@ -59,3 +59,8 @@ def test_without_drops_ids_and_ignores_absent_ones():
     assert len(smaller) == 3 and len(lookup) == 5
     assert RowLookup.of(np.array(["a", "b"], dtype=object), [0, 1]).without(["a"]).rows(["a", "b"]).tolist() \
         == [ABSENT, 1]
+
+
+def test_updated_refuses_repeated_ids():
+    with pytest.raises(ValueError, match="unique"):
+        RowLookup.of(np.array([1, 2]), [0, 1]).updated([7, 7], [2, 3])

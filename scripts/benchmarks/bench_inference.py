@@ -38,6 +38,7 @@ warmed with the same query. Overheads are differences of those p50s.
     python scripts/benchmarks/bench_inference.py                      # 100,000 and 1,000,000 titles
     python scripts/benchmarks/bench_inference.py --sizes 100000 --members 500
     python scripts/benchmarks/bench_inference.py --towers          # query tower: numpy vs torch by batch
+    python scripts/benchmarks/bench_inference.py --lookups         # a history's id lookups: dict vs table
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ import torch
 
 from streamrec.cli import markdown_table
 from streamrec.inference import Recommender, export_artifact
+from streamrec.inference.row_lookup import RowLookup
 from streamrec.models.two_tower import TwoTower, TwoTowerConfig
 
 CLUSTERS, HISTORY, GENRES = 1000, 50, 20
@@ -290,6 +292,42 @@ def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 10
     return pd.DataFrame(rows).set_index("members")
 
 
+def lookup_costs(sizes=(100_000, 1_000_000), members: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Looking up a 50-id history (p50 µs over ``members`` histories, 3 rounds): a dict, the
+    same dict asked for one history again and again (cache-warm, for reference), the
+    RowLookup table the recommender uses, and binary search on the sorted ids."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sizes:
+        ids = np.arange(1, n + 1)  # raw ids differ from rows
+        mapping = dict(zip(ids.tolist(), range(n)))
+        table = RowLookup.of(ids, np.arange(n))
+        order = np.argsort(ids)
+        ordered = ids[order]
+        histories = [rng.integers(1, n + 1, HISTORY).tolist() for _ in range(members)]
+
+        def binary_search(history):
+            found = np.asarray(history)
+            at = ordered.searchsorted(found).clip(max=n - 1)
+            return np.where(ordered[at] == found, order[at], -1)
+
+        ways = {"dict": lambda h: list(map(mapping.get, h)),
+                "dict, one history again": lambda h: list(map(mapping.get, histories[0])),
+                "RowLookup table": table.rows,
+                "sorted ids + searchsorted": binary_search}
+        times: dict[str, list[float]] = {name: [] for name in ways}
+        names = list(ways)
+        for r in range(ROUNDS):
+            for name in names[r:] + names[:r]:
+                way = ways[name]
+                for history in histories:
+                    start = time.perf_counter()
+                    way(history)
+                    times[name].append(time.perf_counter() - start)
+        rows.append({"titles": f"{n:,}", **{f"{name} µs": np.median(t) * 1e6 for name, t in times.items()}})
+    return pd.DataFrame(rows).set_index("titles")
+
+
 def tower_inputs(rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
     """Query-tower inputs as ``recommend`` builds them (watch fraction 1, no timestamps)."""
     history = _padded(rows)
@@ -314,9 +352,14 @@ def main() -> None:
                         help="copy each artifact's recall_latency.png here (e.g. docs/)")
     parser.add_argument("--towers", action="store_true",
                         help="only time the query tower by batch size, numpy vs torch")
+    parser.add_argument("--lookups", action="store_true",
+                        help="only time a 50-id history's lookups: dict, RowLookup table, searchsorted")
     args = parser.parse_args()
     if args.towers:
         print(markdown_table(tower_batches(), floatfmt=".3f"))
+        return
+    if args.lookups:
+        print(markdown_table(lookup_costs(args.sizes, args.members).T.rename_axis("titles"), floatfmt=".2f"))
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     workdir.mkdir(parents=True, exist_ok=True)

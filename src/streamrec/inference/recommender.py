@@ -89,13 +89,21 @@ class Recommendations(Sequence):
     ``source``: ``model`` or ``popularity`` (empty or all-unknown history).
     """
 
-    __slots__ = ("_ids", "_scores", "_rows", "_table", "_items", "unknown_ids", "source")
+    __slots__ = ("_ids", "_scores", "_rows", "_table", "_items", "_unknown", "_source")
 
     def __init__(self, item_ids: list[Any], scores: list[float], rows: list[int], table: ItemTable,
                  unknown_ids: tuple[Any, ...] = (), source: str = "model"):
         self._ids, self._scores, self._rows, self._table = item_ids, scores, rows, table
         self._items: tuple[Recommendation, ...] | None = None
-        self.unknown_ids, self.source = unknown_ids, source
+        self._unknown, self._source = unknown_ids, source
+
+    @property
+    def unknown_ids(self) -> tuple[Any, ...]:
+        return self._unknown
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def item_ids(self) -> list[Any]:
@@ -158,7 +166,7 @@ class _Catalogue:
 
 @dataclass
 class _Request:
-    seen: np.ndarray  # [n] catalogue rows of the history (to exclude), ABSENT for ids not servable
+    seen: np.ndarray  # catalogue rows of the history's servable titles (to exclude)
     unknown: list[Any]
     codes: np.ndarray  # the history the query tower reads (row + 1): titles it was trained with, in time order
     watch: np.ndarray | None  # [len(codes)] float32; None = fully watched
@@ -266,6 +274,10 @@ class Recommender:
         return len(self._catalogue.rows)
 
     def __contains__(self, item_id: Any) -> bool:
+        try:
+            self._check_id(item_id, "item_id")
+        except ValueError:
+            return False
         return item_id in self._catalogue.rows
 
     def recommend(
@@ -443,6 +455,9 @@ class Recommender:
 
         Members who watched a removed title still have it read from their history.
         """
+        item_ids = list(item_ids)
+        for i, item_id in enumerate(item_ids):
+            self._check_id(item_id, f"item_ids[{i}]")
         item_ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             old = self._catalogue
@@ -528,7 +543,11 @@ class Recommender:
             for position, item_id in enumerate(history):
                 self._check_id(item_id, f"{name}[{position}]")
         rows = catalogue.history_rows.rows(history)
-        seen = rows if catalogue.rows is catalogue.history_rows else catalogue.rows.rows(history)
+        if catalogue.rows is catalogue.history_rows:
+            seen = rows
+        else:  # after changes: only titles still servable are excluded
+            seen = catalogue.rows.rows(history)
+            seen = seen[seen != ABSENT]
         codes = rows + 1  # the tower's code of a row; 0 = padding, not read
         trained = self.config.n_items
         if len(catalogue.item_ids) > trained:
@@ -539,6 +558,8 @@ class Recommender:
             unknown = [history[p] for p in np.flatnonzero(rows == ABSENT).tolist()]
             kept = np.flatnonzero(codes)
             codes = codes[kept]
+            if seen is rows:
+                seen = rows[rows != ABSENT]
         if unknown:
             if strict:
                 raise UnknownItemsError(f"{name}: ids not in the catalogue: {unknown[:10]} (strict mode).")
@@ -653,12 +674,11 @@ class Recommender:
         results = []
         for i, query in enumerate(queries):
             excluded = set(excludes[i].tolist() if isinstance(excludes[i], np.ndarray) else excludes[i])
-            excluded.discard(ABSENT)
             if exact:
                 rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
             else:
-                # Plain lists, stopping at the pool: at ~60 labels per member, of which
-                # ~12 are read, cheaper than numpy's setup (docs/benchmarks.md).
+                # Plain lists, stopping once the pool is full: for ~60 labels per member
+                # cheaper than numpy's per-call setup.
                 rows, row_scores = [], []
                 for row, score in zip(labels[i].tolist(), scores[i].tolist()):
                     if row >= 0 and row not in excluded and (mask is None or mask[row]):
@@ -687,7 +707,7 @@ class Recommender:
     def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
                  filtered: tuple[np.ndarray, int] | None) -> Recommendations:
         order = catalogue.popular if filtered is None else catalogue.popular[filtered[0][catalogue.popular]]
-        seen = set(request.seen.tolist()) - {ABSENT} if exclude_seen else set()
+        seen = set(request.seen.tolist()) if exclude_seen else set()
         # At most len(seen) of the first k + len(seen) titles can be excluded.
         rows = np.asarray([row for row in order[:k + len(seen)].tolist() if row not in seen][:k], dtype=np.int64)
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")

@@ -68,7 +68,11 @@ class RowLookup:
         return int(self._table[slot]) if 0 < slot < len(self._table) else ABSENT
 
     def rows(self, ids: Sequence[Any] | np.ndarray) -> np.ndarray:
-        """Rows of ``ids`` [len(ids)] int64, ``ABSENT`` for unknown ids."""
+        """Rows of ``ids`` [len(ids)] int64, ``ABSENT`` for unknown ids.
+
+        The ids must have the catalogue's type (the recommender checks them first): in a
+        list of integers numpy reads ``True`` as 1.
+        """
         if self._dict is not None:
             return np.fromiter(map(self._dict.get, ids, [ABSENT] * len(ids)), dtype=np.int64, count=len(ids))
         array = np.asarray(ids)
@@ -87,9 +91,12 @@ class RowLookup:
         return slots - self._shift, self._table[slots]
 
     def updated(self, ids: Sequence[Any], rows: Sequence[int]) -> "RowLookup":
-        """A new lookup that also maps each of ``ids`` not present yet to its row in ``rows``
-        (ids already present keep theirs)."""
-        ids = _id_array(list(ids))
+        """A new lookup that also maps each of ``ids`` (unique) not present yet to its row in
+        ``rows`` (ids already present keep theirs)."""
+        ids = list(ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("RowLookup.updated: ids must be unique.")
+        ids = _id_array(ids)
         fresh = self.rows(ids) == ABSENT
         old_ids, old_rows = self.items()
         if old_ids.dtype == ids.dtype == np.int64:
@@ -107,7 +114,7 @@ class RowLookup:
 
 def _id_array(ids: list[Any]) -> np.ndarray:
     """int64 array of integer ids, else an object array (strings, ints past int64)."""
-    if ids and all(type(i) is int for i in ids):
+    if ids and all(type(i) is int or isinstance(i, np.signedinteger) for i in ids):
         try:
             return np.asarray(ids, dtype=np.int64)
         except OverflowError:
