@@ -2,7 +2,7 @@
 
 Serving looks up every id of a member's history on every request. With a million titles a
 Python dict misses the CPU caches several times per lookup (table slot, entry, key
-object): 50 ids took 15.4–15.7 µs at 1M titles against 1.4–1.5 µs for the same ids looked
+object): 50 ids took 15.4–17.1 µs at 1M titles against 1.4–1.5 µs for the same ids looked
 up again and again (``bench_inference.py --lookups``, docs/benchmarks.md). Integer ids in a
 compact range (the usual case: MovieLens, Last.fm and most catalogues number their titles)
 are instead kept in an array indexed by the id, so a history is one numpy gather: 2.1 µs at
