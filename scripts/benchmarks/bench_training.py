@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from streamrec.data import Preprocessing, SimulatorSource, SplitSpec, prepare_dataset
 from streamrec.models.losses import accidental_hits
 from streamrec.models.two_tower import weighted_bag
+from streamrec.training.cuda_checks import runtime_cuda_checks_without_gpu
 from streamrec.training.datamodule import RetrievalDataModule
 from streamrec.training.module import TwoTowerModule
 from streamrec.training.train import model_inputs
@@ -132,7 +133,8 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[timer])
-    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    with runtime_cuda_checks_without_gpu():  # as train.py fits
+        trainer.fit(module, train_dataloaders=dm.train_dataloader())
     examples = len(dm.train_log.item)
     best = min(timer.epoch_seconds)
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

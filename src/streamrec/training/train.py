@@ -24,6 +24,7 @@ from streamrec.data import SplitData
 from streamrec.data.features import build_item_features
 from streamrec.data.schema import atomic_write_text
 from streamrec.evaluation import evaluate_ranking
+from streamrec.training.cuda_checks import runtime_cuda_checks_without_gpu
 from streamrec.training.datamodule import RetrievalDataModule
 from streamrec.training.module import TwoTowerModule
 
@@ -157,7 +158,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with runtime_cuda_checks_without_gpu():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
