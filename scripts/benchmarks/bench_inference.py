@@ -126,6 +126,22 @@ def _python_floor(history: list[int], lookup) -> list[tuple[int, float]]:
     return [(row, 0.0) for row in found[:10]]
 
 
+def timed_passes(ways: dict, inputs: list) -> dict[str, list[float]]:
+    """Seconds of each call ``ways[name](x)`` for every x in ``inputs``: each way runs as its
+    own pass over all inputs, ROUNDS rounds in a rotated order, so that no way always runs
+    on caches the one before it warmed with the same input."""
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    names = list(ways)
+    for r in range(ROUNDS):
+        for name in names[r:] + names[:r]:
+            way = ways[name]
+            for x in inputs:
+                start = time.perf_counter()
+                way(x)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def percentiles(times: list[float]) -> tuple[float, float]:
     ms = np.array(times) * 1e3
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
@@ -197,19 +213,10 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         "python floor": lambda i: _python_floor(raw[i], recommender._catalogue.history_rows),
     }
     # Each stage runs as its own pass over all members, as a service runs one kind of call
-    # after another; the passes alternate for ROUNDS rounds, in a rotated order each round
-    # so that no stage always follows the same one. (Timing the stages one after another
-    # per member let a stage run on caches the previous one had just warmed with the same
-    # query: the search stage then measured faster than the raw search it wraps.)
-    times: dict[str, list[float]] = {name: [] for name in stages}
-    names = list(stages)
-    for r in range(ROUNDS):
-        for name in names[r:] + names[:r]:
-            stage = stages[name]
-            for i in range(members):
-                start = time.perf_counter()
-                stage(i)
-                times[name].append(time.perf_counter() - start)
+    # after another. (Timing the stages one after another per member let a stage run on
+    # caches the previous one had just warmed with the same query: the search stage then
+    # measured faster than the raw search it wraps.)
+    times = timed_passes(stages, list(range(members)))
     found = [np.array(recommender.recommend(h, k=10).item_ids) - 1 for h in raw]
     hits = 0
     for i in range(min(members, 500)):
@@ -315,15 +322,7 @@ def lookup_costs(sizes=(100_000, 1_000_000), members: int = 2000, seed: int = 0)
                 "dict, one history again": lambda h: list(map(mapping.get, histories[0])),
                 "RowLookup table": table.rows,
                 "sorted ids + searchsorted": binary_search}
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        names = list(ways)
-        for r in range(ROUNDS):
-            for name in names[r:] + names[:r]:
-                way = ways[name]
-                for history in histories:
-                    start = time.perf_counter()
-                    way(history)
-                    times[name].append(time.perf_counter() - start)
+        times = timed_passes(ways, histories)
         rows.append({"titles": f"{n:,}", **{f"{name} µs": np.median(t) * 1e6 for name, t in times.items()}})
     return pd.DataFrame(rows).set_index("titles")
 

@@ -461,10 +461,10 @@ class Recommender:
         item_ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             old = self._catalogue
-            missing = [i for i in item_ids if i not in old.rows]
+            rows = old.rows.rows(item_ids)
+            missing = [i for i, row in zip(item_ids, rows.tolist()) if row == ABSENT]
             if missing:
                 raise UnknownItemsError(f"item_ids: not in the catalogue: {missing[:10]}.")
-            rows = np.array([old.rows.get(i) for i in item_ids], dtype=np.int64)
             index = _writable_copy(old)
             deleted = True
             try:

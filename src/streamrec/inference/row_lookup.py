@@ -39,12 +39,12 @@ class RowLookup:
         """Lookup of ``ids[i] -> rows[i]`` (ids unique)."""
         ids = np.asarray(ids)
         rows = np.asarray(rows, dtype=np.int64)
-        if len(ids) and ids.dtype.kind == "i" and ids.min() >= 0 \
-                and ids.max() < DENSE_SLOTS_PER_ID * len(ids) + DENSE_SLACK:
+        low, high = (int(ids.min()), int(ids.max())) if len(ids) and ids.dtype.kind == "i" else (-1, 0)
+        if low >= 0 and high < DENSE_SLOTS_PER_ID * len(ids) + DENSE_SLACK:
             # Slot id + shift; slot 0 stays ABSENT when 0 is not an id (else the ids move
             # up one), so negative ids clip onto an ABSENT slot, as do ids past the end.
-            shift = int(ids.min() == 0)
-            table = np.full(int(ids.max()) + shift + 2, ABSENT, dtype=np.int64)
+            shift = int(low == 0)
+            table = np.full(high + shift + 2, ABSENT, dtype=np.int64)
             table[ids + shift] = rows
             return cls(table, shift, None, len(ids))
         return cls(None, 0, dict(zip(ids.tolist(), rows.tolist())), len(ids))
