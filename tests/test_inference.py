@@ -280,8 +280,8 @@ def test_ids_that_are_not_servable_do_not_widen_the_search(tmp_path):
     recommender = Recommender.load(tmp_path / "h")
     ids = items["item_id"].tolist()
     asked = []
-    search = recommender._catalogue.index.search
-    recommender._catalogue.index.search = lambda x, k, **kw: asked.append(k) or search(x, k, **kw)
+    search = recommender._catalogue.index.search_c  # search_c(n, x, k, distances, labels, params)
+    recommender._catalogue.index.search_c = lambda *args: asked.append(args[2]) or search(*args)
     history = ids[3:8]
     expected = recommender.recommend(history, k=10)
     assert recommender.recommend(history + [99_999_999] * 60, k=10).item_ids == expected.item_ids
@@ -289,8 +289,8 @@ def test_ids_that_are_not_servable_do_not_widen_the_search(tmp_path):
     recommender.remove_items(ids[100:160])
     asked.clear()
     index = recommender._catalogue.index
-    search = index.search
-    index.search = lambda x, k, **kw: asked.append(k) or search(x, k, **kw)
+    search = index.search_c
+    index.search_c = lambda *args: asked.append(args[2]) or search(*args)
     recommender.recommend(history + ids[100:160], k=10)
     assert asked == [15]
 
@@ -498,6 +498,16 @@ def test_missing_file_is_named(copy_of_artifact):
 def test_corrupted_file_is_named_even_without_checksums(copy_of_artifact):
     (copy_of_artifact / "query_tower.pt").write_bytes(b"not a torch file")
     with pytest.raises(ArtifactError, match=r"query_tower\.pt: cannot be read"):
+        Recommender.load(copy_of_artifact, verify=False)
+
+
+def test_an_index_of_the_wrong_dimension_is_named(copy_of_artifact):
+    import faiss
+
+    index = faiss.IndexFlatIP(8)  # the model makes 16-dimensional vectors
+    index.add(np.zeros((N_ITEMS, 8), dtype=np.float32))
+    faiss.write_index(index, str(copy_of_artifact / "index.faiss"))
+    with pytest.raises(ArtifactError, match=r"index\.faiss: holds 8-dimensional vectors, the model makes 16"):
         Recommender.load(copy_of_artifact, verify=False)
 
 

@@ -8,7 +8,9 @@ empty history falls back to the most popular titles.
 
 Concurrency: any number of threads may call the read methods at once. ``add_items`` and
 ``remove_items`` build a new catalogue snapshot (index copy included) under a lock and
-swap it in, so a reader always sees one consistent catalogue and never waits.
+swap it in, so a reader always sees one consistent catalogue and never waits. Each calling
+thread keeps one flag per catalogue row (1 MB at a million titles) to exclude what a
+member watched from what FAISS found.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -45,6 +47,7 @@ NUMPY_TOWER_MAX_BATCH = 256  # above this many members torch's threaded kernels 
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 ACTIVE = "_active"  # items.parquet column of a saved catalogue with removed titles
 PAGE_BYTES = 4096  # memory page size, for faulting a mapped index in
+NOTHING = np.empty(0, dtype=np.int64)  # no rows to exclude
 
 
 class UnknownItemsError(ValueError):
@@ -91,7 +94,7 @@ class Recommendations(Sequence):
 
     __slots__ = ("_ids", "_scores", "_rows", "_table", "_items", "_unknown", "_source")
 
-    def __init__(self, item_ids: list[Any], scores: list[float], rows: list[int], table: ItemTable,
+    def __init__(self, item_ids: list[Any], scores: list[float], rows: np.ndarray, table: ItemTable,
                  unknown_ids: tuple[Any, ...] = (), source: str = "model"):
         self._ids, self._scores, self._rows, self._table = item_ids, scores, rows, table
         self._items: tuple[Recommendation, ...] | None = None
@@ -117,7 +120,8 @@ class Recommendations(Sequence):
     def items(self) -> tuple[Recommendation, ...]:
         if self._items is None:  # a benign race: two threads may both build the same tuple
             table = self._table
-            self._items = tuple(Recommendation(i, s, table, r) for i, s, r in zip(self._ids, self._scores, self._rows))
+            self._items = tuple(Recommendation(i, s, table, r)
+                                for i, s, r in zip(self._ids, self._scores, self._rows.tolist()))
         return self._items
 
     def __len__(self) -> int:
@@ -162,6 +166,10 @@ class _Catalogue:
     # The index is a read-only view of the memory-mapped index.faiss (as loaded): change only
     # a _writable_copy of it.
     mapped: bool = False
+    searchable: int = field(init=False)  # index.ntotal (a SWIG read costs ~0.3 µs)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "searchable", self.index.ntotal)
 
 
 @dataclass
@@ -194,6 +202,7 @@ class Recommender:
         self._write_lock = threading.Lock()
         self._masks: OrderedDict = OrderedDict()  # (version, column, values) -> [rows] bool, LRU
         self._masks_lock = threading.Lock()
+        self._per_thread = threading.local()  # per calling thread: the search's seen-row flags
         spec = manifest["data"]
         self._id_kind = spec["item_id_kind"]
         self._device_codes = {d: i + 1 for i, d in enumerate(spec["device_vocab"])}
@@ -245,6 +254,9 @@ class Recommender:
         # Saved after remove_items (see save): inactive rows stay for members' histories.
         active = table.scalars.pop(ACTIVE, None)
         active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        if index.d != config.dim:  # searches hand FAISS [n, config.dim] queries unchecked
+            raise ArtifactError(f"{path / 'index.faiss'}: holds {index.d}-dimensional vectors, the model makes "
+                                f"{config.dim}; rebuild the artifact.")
         if vectors.shape != (n, config.dim) or index.ntotal not in (n, int(active.sum())):
             raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
                                 f"items.parquet {n} rows disagree; rebuild the artifact.")
@@ -329,7 +341,7 @@ class Recommender:
         query = self._queries([request])
         # One thread per call (OpenMP's setting is per calling thread): concurrent callers
         # share the cores instead of each starting a team of its own.
-        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else ()], mask, diversity,
+        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else NOTHING], mask, diversity,
                                     threads=1)[0]
         return self._result(catalogue, rows, scores, request.unknown, "model")
 
@@ -381,7 +393,7 @@ class Recommender:
         modelled = [i for i, r in enumerate(requests) if len(r.codes)]
         if modelled:
             queries = self._queries([requests[i] for i in modelled])
-            found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else () for i in modelled],
+            found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else NOTHING for i in modelled],
                                  mask, diversity, threads=self.threads)
             for i, (rows, scores) in zip(modelled, found):
                 results[i] = self._result(catalogue, rows, scores, requests[i].unknown, "model")
@@ -401,7 +413,7 @@ class Recommender:
         if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
         mask = self._filter_mask(catalogue, filters)
-        rows, scores = self._search(catalogue, catalogue.vectors[row:row + 1], k, [[row]], mask, diversity,
+        rows, scores = self._search(catalogue, catalogue.vectors[row:row + 1], k, [np.array([row])], mask, diversity,
                                     threads=1)[0]
         return self._result(catalogue, rows, scores, [], "model")
 
@@ -651,54 +663,64 @@ class Recommender:
                 self._masks.popitem(last=False)
         return entry
 
-    def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[Sequence[int]],
+    def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[np.ndarray],
                 filtered: tuple[np.ndarray, int] | None, diversity: float,
                 threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top rows and scores per query, after exclusions, filters and MMR."""
+        """Top rows and scores per query, after excluding rows ``excludes[i]``, filters and MMR."""
         pool = max(MMR_POOL * k, 50) if diversity > 0 else k
-        mask, allowed = filtered if filtered is not None else (None, len(catalogue.rows))
-        ntotal = catalogue.index.ntotal
-        exact = ntotal == 0 or (mask is not None and allowed <= EXACT_SEARCH_MAX_ROWS)
+        mask = None
+        exact = catalogue.searchable == 0
+        if filtered is not None:
+            mask, allowed = filtered
+            exact = exact or allowed <= EXACT_SEARCH_MAX_ROWS
         if not exact:
             # Ask for enough extra results to survive the exclusions and the filter (which
             # keeps a share allowed / active of titles); an exact scan covers any shortfall.
-            share = max(allowed, 1) / max(len(catalogue.rows), 1)
-            hidden = max((len(e) for e in excludes), default=0)
-            wanted = min(math.ceil((pool + hidden) / share * (1.2 if mask is not None else 1.0)), ntotal)
-            previous = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(threads)
-            try:
-                scores, labels = catalogue.index.search(queries, wanted, params=catalogue.search_params)
-            finally:
-                faiss.omp_set_num_threads(previous)
+            wanted = pool + max(map(len, excludes))
+            if mask is not None:
+                wanted = math.ceil(wanted * 1.2 * max(len(catalogue.rows), 1) / max(allowed, 1))
+            scores, labels = _index_search(catalogue, queries, min(wanted, catalogue.searchable), threads)
+            unseen = self._unseen(catalogue)
         results = []
-        for i, query in enumerate(queries):
-            excluded = set(excludes[i].tolist() if isinstance(excludes[i], np.ndarray) else excludes[i])
+        for i, seen in enumerate(excludes):
             if exact:
-                rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
+                rows, row_scores = self._exact(catalogue, queries[i], pool, seen, mask)
             else:
-                # Plain lists, stopping once the pool is full: for ~60 labels per member
-                # cheaper than numpy's per-call setup.
-                rows, row_scores = [], []
-                for row, score in zip(labels[i].tolist(), scores[i].tolist()):
-                    if row >= 0 and row not in excluded and (mask is None or mask[row]):
-                        rows.append(row)
-                        row_scores.append(score)
-                        if len(rows) == pool:
-                            break
+                # Vectorised against a per-thread [rows + 1] flag array rather than a set: its
+                # last entry, which FAISS's -1 (no result) indexes, is always False.
+                found = labels[i]
+                unseen[seen] = False
+                try:
+                    keep = unseen[found]
+                finally:  # even on an interrupt: the flags serve this thread's next calls
+                    unseen[seen] = True
+                if mask is not None:
+                    keep &= mask[found]
+                picked = keep.nonzero()[0][:pool]
+                if len(picked) == pool:
+                    rows, row_scores = found[picked], scores[i][picked]
                 else:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
-                    rows, row_scores = self._exact(catalogue, query, pool, excluded, mask)
+                    rows, row_scores = self._exact(catalogue, queries[i], pool, seen, mask)
             if diversity > 0:
-                rows, row_scores = _mmr(catalogue.vectors, np.asarray(rows, dtype=np.int64),
-                                        np.asarray(row_scores, dtype=np.float32), k, diversity)
-            results.append((rows[:k], row_scores[:k]))
+                rows, row_scores = _mmr(catalogue.vectors, rows, row_scores, k, diversity)
+            results.append((rows, row_scores))
         return results
 
-    def _exact(self, catalogue: _Catalogue, query: np.ndarray, k: int, excluded: set[int],
+    def _unseen(self, catalogue: _Catalogue) -> np.ndarray:
+        """This thread's [rows + 1] bool, all True but the last: a search marks a member's
+        seen rows False, reads the flags of the rows FAISS found, and sets them back (1 byte
+        per catalogue row per calling thread)."""
+        flags = getattr(self._per_thread, "unseen", None)
+        if flags is None or len(flags) != len(catalogue.item_ids) + 1:
+            flags = np.ones(len(catalogue.item_ids) + 1, dtype=bool)
+            flags[-1] = False
+            self._per_thread.unseen = flags
+        return flags
+
+    def _exact(self, catalogue: _Catalogue, query: np.ndarray, k: int, seen: np.ndarray,
                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         allowed = catalogue.active.copy() if mask is None else mask.copy()
-        if excluded:
-            allowed[list(excluded)] = False
+        allowed[seen] = False
         rows = np.flatnonzero(allowed)
         scores = catalogue.vectors[rows] @ query
         top = np.argsort(-scores, kind="stable")[:k]
@@ -712,12 +734,10 @@ class Recommender:
         rows = np.asarray([row for row in order[:k + len(seen)].tolist() if row not in seen][:k], dtype=np.int64)
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
 
-    def _result(self, catalogue: _Catalogue, rows: np.ndarray | list[int], scores: np.ndarray | list[float],
-                unknown: list[Any], source: str) -> Recommendations:
-        rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
-        scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
-        ids = catalogue.item_ids[rows].tolist() if rows else []
-        return Recommendations(ids, scores, rows, catalogue.table, tuple(unknown), source)
+    def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
+                source: str) -> Recommendations:
+        return Recommendations(catalogue.item_ids[rows].tolist(), scores.tolist(), rows, catalogue.table,
+                               tuple(unknown), source)
 
     # -- new titles ------------------------------------------------------------------------
     def _embed(self, frame: pd.DataFrame) -> np.ndarray:
@@ -740,6 +760,28 @@ class Recommender:
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _index_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``catalogue.index.search(queries, k)`` on ``threads`` OpenMP threads (a per-thread
+    setting, restored after), calling FAISS's ``search_c`` directly.
+
+    Its Python wrapper reads ``index.d`` through SWIG and resolves a numeric type on every
+    call: 1.3–1.5 µs of an 18 µs search at 100,000 titles. ``load`` checked the index's
+    dimension against the model's, which is what the queries have.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    n = len(queries)
+    scores = np.empty((n, k), dtype=np.float32)
+    labels = np.empty((n, k), dtype=np.int64)
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        catalogue.index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(labels),
+                                 catalogue.search_params)
+    finally:
+        faiss.omp_set_num_threads(previous)
+    return scores, labels
+
+
 def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, needed: Any) -> dict[str, Any]:
     """Search parameters that skip inactive rows, for indexes that cannot delete (HNSW).
 
