@@ -170,6 +170,25 @@ def test_seen_titles_are_excluded_by_default_and_kept_on_request(recommender, ar
     assert set(history) <= set(kept.item_ids)
 
 
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW16"])
+def test_a_members_watched_titles_do_not_leak_into_the_next_members_list(tmp_path, factory):
+    """Exclusion marks a member's watched rows in per-thread flags and unmarks them after:
+    the next member (same thread), who watched nothing of it, may be recommended them."""
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory=factory, progress=False)
+    recommender = Recommender.load(tmp_path / "a")
+    ids = items["item_id"].tolist()
+    member = ids[40:45]
+    alone = recommender.recommend(member, k=10).item_ids
+    for history in ([*alone, *ids[:20]], alone[:3], ids[100:150]):  # watched the first member's list
+        recommender.recommend(history, k=10, filters={"genres": ["Comedy"]})
+        recommender.recommend_batch([history, member], k=10, diversity=0.3)
+        assert recommender.recommend(member, k=10).item_ids == alone
+    flags = recommender._unseen(recommender._catalogue)
+    assert flags[:-1].all() and not flags[-1]  # the last entry stands for FAISS's -1
+
+
 def test_batch_equals_one_by_one(recommender, artifact):
     ids = artifact[2]["item_id"].tolist()
     histories = [ids[i:i + 5] for i in range(0, 100, 10)] + [[]]
