@@ -393,8 +393,8 @@ class Recommender:
         modelled = [i for i, r in enumerate(requests) if len(r.codes)]
         if modelled:
             queries = self._queries([requests[i] for i in modelled])
-            found = self._search(catalogue, queries, k, [requests[i].seen if exclude_seen else NOTHING for i in modelled],
-                                 mask, diversity, threads=self.threads)
+            excludes = [requests[i].seen if exclude_seen else NOTHING for i in modelled]
+            found = self._search(catalogue, queries, k, excludes, mask, diversity, threads=self.threads)
             for i, (rows, scores) in zip(modelled, found):
                 results[i] = self._result(catalogue, rows, scores, requests[i].unknown, "model")
         for i, request in enumerate(requests):
