@@ -345,6 +345,29 @@ def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, m
         recommender.recommend(**arguments)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_a_numpy_k_serves_like_a_python_int(recommender, artifact, dtype):
+    ids = artifact[2]["item_id"].tolist()
+    history = ids[3:8]
+    for k, diversity in ((10, 0.0), (60, 0.3)):  # uint8 60 * MMR_POOL would wrap
+        expected = recommender.recommend(history, k=k, diversity=diversity).item_ids
+        assert recommender.recommend(history, k=dtype(k), diversity=diversity).item_ids == expected
+        assert len(expected) == k
+    assert recommender.recommend_batch([history], k=dtype(10))[0].item_ids == recommender.recommend(history).item_ids
+    assert recommender.similar_items(ids[0], k=dtype(10)).item_ids == recommender.similar_items(ids[0]).item_ids
+
+
+def test_searching_queries_of_the_wrong_shape_is_refused(recommender):
+    from streamrec.inference.recommender import _index_search
+
+    catalogue = recommender._catalogue
+    for queries in (np.zeros(16, np.float32), np.zeros((1, 8), np.float32)):  # the model makes 16-d vectors
+        with pytest.raises(ValueError, match=r"queries: expected \[n, 16\] vectors"):
+            _index_search(catalogue, queries, 5, 1)
+    scores, labels = _index_search(catalogue, np.zeros((2, 16), np.float64), 5, 1)  # converted, not refused
+    assert labels.shape == scores.shape == (2, 5)
+
+
 def test_batch_argument_lengths_must_match(recommender):
     with pytest.raises(ValueError, match="devices: 1 entries for 2 histories"):
         recommender.recommend_batch([[1000], [1001]], devices=["tv"])

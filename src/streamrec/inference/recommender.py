@@ -94,7 +94,7 @@ class Recommendations(Sequence):
 
     __slots__ = ("_ids", "_scores", "_rows", "_table", "_items", "_unknown", "_source")
 
-    def __init__(self, item_ids: list[Any], scores: list[float], rows: np.ndarray, table: ItemTable,
+    def __init__(self, item_ids: list[Any], scores: list[float], rows: np.ndarray | list[int], table: ItemTable,
                  unknown_ids: tuple[Any, ...] = (), source: str = "model"):
         self._ids, self._scores, self._rows, self._table = item_ids, scores, rows, table
         self._items: tuple[Recommendation, ...] | None = None
@@ -121,7 +121,7 @@ class Recommendations(Sequence):
         if self._items is None:  # a benign race: two threads may both build the same tuple
             table = self._table
             self._items = tuple(Recommendation(i, s, table, r)
-                                for i, s, r in zip(self._ids, self._scores, self._rows.tolist()))
+                                for i, s, r in zip(self._ids, self._scores, np.asarray(self._rows).tolist()))
         return self._items
 
     def __len__(self) -> int:
@@ -330,7 +330,7 @@ class Recommender:
             diversity: 0 = pure relevance; up to 1 = maximal marginal relevance
                 re-ranking on item vectors (trades relevance for intra-list diversity).
         """
-        _check_k(k)
+        k = _checked_k(k)
         _check_diversity(diversity)
         catalogue = self._catalogue
         request = self._request(history, catalogue, timestamps, watch_fractions, now, member_features, device,
@@ -365,7 +365,7 @@ class Recommender:
         Per-member arguments are sequences parallel to ``histories`` (``now`` may also be
         one value for all).
         """
-        _check_k(k)
+        k = _checked_k(k)
         _check_diversity(diversity)
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
@@ -405,7 +405,7 @@ class Recommender:
     def similar_items(self, item_id: Any, k: int = 10, *, filters: Mapping[str, Iterable[Any]] | None = None,
                       diversity: float = 0.0) -> Recommendations:
         """Titles closest to ``item_id`` by item vector ("because you watched ...")."""
-        _check_k(k)
+        k = _checked_k(k)
         _check_diversity(diversity)
         catalogue = self._catalogue
         self._check_id(item_id, "item_id")
@@ -767,10 +767,12 @@ def _index_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: i
     Its Python wrapper reads ``index.d`` through SWIG and resolves a numeric type on every
     call (1.3–1.5 µs at 100,000 titles against ``search_c`` with outputs allocated once);
     skipping it pays for the outputs and the thread setting, so this measures within
-    0.2 µs of a bare ``index.search``. ``load`` checked the index's dimension against the
-    model's, which is what the queries have.
+    0.2 µs of a bare ``index.search``. The queries' shape is checked against the item
+    vectors', whose width ``load`` checked against the index's.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != catalogue.vectors.shape[1]:  # FAISS would read past the buffer
+        raise ValueError(f"queries: expected [n, {catalogue.vectors.shape[1]}] vectors, got shape {queries.shape}.")
     n = len(queries)
     scores = np.empty((n, k), dtype=np.float32)
     labels = np.empty((n, k), dtype=np.int64)
@@ -810,9 +812,12 @@ def _kept(values: list[float] | None, kept: np.ndarray | None, dtype) -> np.ndar
     return array if kept is None else array[kept]
 
 
-def _check_k(k: Any) -> None:
+def _checked_k(k: Any) -> int:
+    """``k`` as a Python int (a numpy integer would overflow in ``MMR_POOL * k`` as uint8,
+    and SWIG's ``search_c`` refuses one)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k: expected a positive integer, got {k!r}.")
+    return int(k)
 
 
 def _check_diversity(diversity: Any) -> None:
