@@ -680,20 +680,13 @@ class Recommender:
             if mask is not None:
                 wanted = math.ceil(wanted * 1.2 * max(len(catalogue.rows), 1) / max(allowed, 1))
             scores, labels = _index_search(catalogue, queries, min(wanted, catalogue.searchable), threads)
-            unseen = self._unseen(catalogue)
         results = []
         for i, seen in enumerate(excludes):
             if exact:
                 rows, row_scores = self._exact(catalogue, queries[i], pool, seen, mask)
             else:
-                # Vectorised against a per-thread [rows + 1] flag array rather than a set: its
-                # last entry, which FAISS's -1 (no result) indexes, is always False.
                 found = labels[i]
-                unseen[seen] = False
-                try:
-                    keep = unseen[found]
-                finally:  # even on an interrupt: the flags serve this thread's next calls
-                    unseen[seen] = True
+                keep = self._not_seen(catalogue, seen, found)
                 if mask is not None:
                     keep &= mask[found]
                 picked = keep.nonzero()[0][:pool]
@@ -706,10 +699,22 @@ class Recommender:
             results.append((rows, row_scores))
         return results
 
+    def _not_seen(self, catalogue: _Catalogue, seen: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """[len(rows)] bool: which of ``rows`` (FAISS's -1 allowed: False) are not in ``seen``.
+
+        Vectorised against this thread's flags rather than a set: ``seen`` is marked, the
+        rows' flags read, and the marks undone.
+        """
+        unseen = self._unseen(catalogue)
+        unseen[seen] = False
+        try:
+            return unseen[rows]
+        finally:  # even on an interrupt: the flags serve this thread's next calls
+            unseen[seen] = True
+
     def _unseen(self, catalogue: _Catalogue) -> np.ndarray:
-        """This thread's [rows + 1] bool, all True but the last: a search marks a member's
-        seen rows False, reads the flags of the rows FAISS found, and sets them back (1 byte
-        per catalogue row per calling thread)."""
+        """This thread's [rows + 1] bool, all True but the last (which FAISS's -1 indexes):
+        1 byte per catalogue row per calling thread."""
         flags = getattr(self._per_thread, "unseen", None)
         if flags is None or len(flags) != len(catalogue.item_ids) + 1:
             flags = np.ones(len(catalogue.item_ids) + 1, dtype=bool)
@@ -729,9 +734,10 @@ class Recommender:
     def _popular(self, catalogue: _Catalogue, request: _Request, k: int, exclude_seen: bool,
                  filtered: tuple[np.ndarray, int] | None) -> Recommendations:
         order = catalogue.popular if filtered is None else catalogue.popular[filtered[0][catalogue.popular]]
-        seen = set(request.seen.tolist()) if exclude_seen else set()
+        seen = request.seen if exclude_seen else NOTHING
         # At most len(seen) of the first k + len(seen) titles can be excluded.
-        rows = np.asarray([row for row in order[:k + len(seen)].tolist() if row not in seen][:k], dtype=np.int64)
+        candidates = order[:k + len(seen)]
+        rows = candidates[self._not_seen(catalogue, seen, candidates)][:k]
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
 
     def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
