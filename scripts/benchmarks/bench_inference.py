@@ -188,7 +188,6 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     faiss.omp_set_num_threads(1)
     singles = [{key: value[i:i + 1] for key, value in tower_in.items()} for i in range(members)]
     tensors = [{key: torch.from_numpy(value) for key, value in one.items()} for one in singles]
-    excluded = test  # the rows each member watched, as recommend() excludes them
     catalogue_vectors = recommender._catalogue.vectors
     similar_rows = [int(t[0]) for t in test]  # one watched title per member, as "because you watched"
     similar_ids = item_ids[similar_rows].tolist()
@@ -199,7 +198,7 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
 
     def search_stage(i):
         catalogue = recommender._catalogue
-        rows, scores = recommender._search(catalogue, vectors[i:i + 1], 10, [excluded[i]], None, 0.0, 1)[0]
+        rows, scores = recommender._search(catalogue, vectors[i:i + 1], 10, [test[i]], None, 0.0, 1)[0]
         recommender._result(catalogue, rows, scores, [], "model")
 
     stages = {
