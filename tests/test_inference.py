@@ -185,7 +185,7 @@ def test_a_members_watched_titles_do_not_leak_into_the_next_members_list(tmp_pat
         recommender.recommend(history, k=10, filters={"genres": ["Comedy"]})
         recommender.recommend_batch([history, member], k=10, diversity=0.3)
         assert recommender.recommend(member, k=10).item_ids == alone
-    flags = recommender._unseen(recommender._catalogue)
+    flags = recommender._scratch(recommender._catalogue).unseen
     assert flags[:-1].all() and not flags[-1]  # the last entry stands for FAISS's -1
 
 

@@ -27,6 +27,9 @@ def test_lookup_agrees_with_a_dict_for_known_unknown_and_out_of_range_ids(name):
     want = [expected.get(p, ABSENT) for p in probes]
     assert lookup.rows(probes).tolist() == want
     assert lookup.rows(probes).dtype == np.int64
+    if all(type(p) is int for p in probes):  # read without numpy's type discovery: the same rows
+        assert lookup.rows(probes, plain_ints=True).tolist() == want
+        assert lookup.rows(probes, plain_ints=True).dtype == np.int64
     assert [lookup.get(p) for p in PROBES] == [expected.get(p, ABSENT) if isinstance(p, (int, str)) else ABSENT
                                                for p in PROBES]
     assert len(lookup) == len(expected) and all(p in lookup for p in list(expected)[:5])
@@ -37,6 +40,7 @@ def test_integer_ids_past_int64_or_unsigned_are_not_misread():
     lookup = RowLookup.of(np.array([1, 2, 3]), [10, 11, 12])
     assert lookup.rows([3, 2**64 + 3, 2**63 + 3]).tolist() == [12, ABSENT, ABSENT]
     assert lookup.rows([1, 2**63]).tolist() == [10, ABSENT]  # numpy makes this list float64
+    assert lookup.rows([3, 2**64 + 3, 2**63 + 3], plain_ints=True).tolist() == [12, ABSENT, ABSENT]
     assert lookup.rows(np.array([3, 2**63 + 3], dtype=np.uint64)).tolist() == [12, ABSENT]
     assert lookup.rows(np.array([1, 3], dtype=np.int32)).tolist() == [10, 12]
     zero = RowLookup.of(np.array([0, 1]), [5, 6])

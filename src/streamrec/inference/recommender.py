@@ -202,7 +202,7 @@ class Recommender:
         self._write_lock = threading.Lock()
         self._masks: OrderedDict = OrderedDict()  # (version, column, values) -> [rows] bool, LRU
         self._masks_lock = threading.Lock()
-        self._per_thread = threading.local()  # per calling thread: the search's seen-row flags
+        self._per_thread = threading.local()  # per calling thread: its _Scratch
         spec = manifest["data"]
         self._id_kind = spec["item_id_kind"]
         self._device_codes = {d: i + 1 for i, d in enumerate(spec["device_vocab"])}
@@ -341,8 +341,8 @@ class Recommender:
         query = self._queries([request])
         # One thread per call (OpenMP's setting is per calling thread): concurrent callers
         # share the cores instead of each starting a team of its own.
-        rows, scores = self._search(catalogue, query, k, [request.seen if exclude_seen else NOTHING], mask, diversity,
-                                    threads=1)[0]
+        rows, scores = self._search_one(catalogue, query, k, request.seen if exclude_seen else NOTHING, mask,
+                                        diversity)
         return self._result(catalogue, rows, scores, request.unknown, "model")
 
     def recommend_batch(
@@ -413,8 +413,8 @@ class Recommender:
         if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
         mask = self._filter_mask(catalogue, filters)
-        rows, scores = self._search(catalogue, catalogue.vectors[row:row + 1], k, [np.array([row])], mask, diversity,
-                                    threads=1)[0]
+        rows, scores = self._search_one(catalogue, catalogue.vectors[row:row + 1], k, np.array([row]), mask,
+                                        diversity)
         return self._result(catalogue, rows, scores, [], "model")
 
     def add_items(self, items: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -551,14 +551,16 @@ class Recommender:
         if isinstance(history, np.ndarray):
             history = history.tolist()
         exact_type = int if self._id_kind == "int" else str
+        plain_ints = exact_type is int
         if set(map(type, history)) - {exact_type}:  # exact types: bool is not an id
             for position, item_id in enumerate(history):
                 self._check_id(item_id, f"{name}[{position}]")
-        rows = catalogue.history_rows.rows(history)
+            plain_ints = False  # numpy integers among them
+        rows = catalogue.history_rows.rows(history, plain_ints)
         if catalogue.rows is catalogue.history_rows:
             seen = rows
         else:  # after changes: only titles still servable are excluded
-            seen = catalogue.rows.rows(history)
+            seen = catalogue.rows.rows(history, plain_ints)
             seen = seen[seen != ABSENT]
         codes = rows + 1  # the tower's code of a row; 0 = padding, not read
         trained = self.config.n_items
@@ -584,10 +586,9 @@ class Recommender:
             watch_kept = watch_kept[order] if watch_kept is not None else None
         if member_features is not None:
             self._check_features(member_features)
-        return _Request(
-            seen=seen, unknown=unknown, codes=codes, watch=watch_kept, times=times_kept,
-            now=now if now is not None or not times else max(times), features=member_features, device=device,
-        )
+        reference = now if now is not None or not times else max(times)
+        # Positional: keywords cost 0.25 µs more for these eight fields.
+        return _Request(seen, unknown, codes, watch_kept, times_kept, reference, member_features, device)
 
     def _check_features(self, features: Mapping[str, Any]) -> None:
         if not isinstance(features, Mapping):
@@ -666,68 +667,64 @@ class Recommender:
     def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[np.ndarray],
                 filtered: tuple[np.ndarray, int] | None, diversity: float,
                 threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top rows and scores per query, after excluding rows ``excludes[i]``, filters and MMR."""
-        pool = max(MMR_POOL * k, 50) if diversity > 0 else k
-        mask = None
-        exact = catalogue.searchable == 0
-        if filtered is not None:
-            mask, allowed = filtered
-            exact = exact or allowed <= EXACT_SEARCH_MAX_ROWS
-        if not exact:
-            # Ask for enough extra results to survive the exclusions and the filter (which
-            # keeps a share allowed / active of titles); an exact scan covers any shortfall.
-            wanted = pool + max(map(len, excludes))
+        """Top rows and scores per query, after excluding rows ``excludes[i]``, filters and MMR
+        (one FAISS search for all queries)."""
+        pool, mask, wanted = _search_sizes(catalogue, k, max(map(len, excludes)), filtered, diversity)
+        if not wanted:
+            return [self._top(catalogue, None, query, None, None, seen, mask, pool, k, diversity)
+                    for query, seen in zip(queries, excludes)]
+        scores, labels = _index_search(catalogue, queries, wanted, threads)
+        unseen = self._scratch(catalogue).unseen
+        return [self._top(catalogue, unseen, query, found, found_scores, seen, mask, pool, k, diversity)
+                for query, found, found_scores, seen in zip(queries, labels, scores, excludes)]
+
+    def _search_one(self, catalogue: _Catalogue, query: np.ndarray, k: int, seen: np.ndarray,
+                    filtered: tuple[np.ndarray, int] | None, diversity: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_search` of one query [1, d], on the calling thread only, into this
+        thread's reused output buffers."""
+        pool, mask, wanted = _search_sizes(catalogue, k, len(seen), filtered, diversity)
+        if not wanted:
+            return self._top(catalogue, None, query, None, None, seen, mask, pool, k, diversity)
+        scratch = self._scratch(catalogue)
+        if len(scratch.labels) < wanted:
+            scratch.reserve(wanted)
+        _faiss_search(catalogue, query, wanted, 1, scratch.score_ptr, scratch.label_ptr)
+        return self._top(catalogue, scratch.unseen, query, scratch.labels[:wanted], scratch.scores[:wanted], seen,
+                         mask, pool, k, diversity)
+
+    def _top(self, catalogue: _Catalogue, unseen: np.ndarray | None, query: np.ndarray, found: np.ndarray | None,
+             found_scores: np.ndarray | None, seen: np.ndarray, mask: np.ndarray | None, pool: int, k: int,
+             diversity: float) -> tuple[np.ndarray, np.ndarray]:
+        """One query's list from what FAISS ``found`` (None: scan exactly): the first ``pool``
+        rows not in ``seen`` (with this thread's flags ``unseen``) and passing ``mask``, then
+        MMR. The returned arrays are new (``found`` may be a thread's reused buffer)."""
+        rows = None
+        if found is not None:
+            keep = _not_seen(unseen, seen, found)
             if mask is not None:
-                wanted = math.ceil(wanted * 1.2 * max(len(catalogue.rows), 1) / max(allowed, 1))
-            scores, labels = _index_search(catalogue, queries, min(wanted, catalogue.searchable), threads)
-        results = []
-        for i, seen in enumerate(excludes):
-            if exact:
-                rows, row_scores = self._exact(catalogue, queries[i], pool, seen, mask)
-            else:
-                found = labels[i]
-                keep = self._not_seen(catalogue, seen, found)
-                if mask is not None:
-                    keep &= mask[found]
-                picked = keep.nonzero()[0][:pool]
-                if len(picked) == pool:
-                    rows, row_scores = found[picked], scores[i][picked]
-                else:  # the index ran short (big k, HNSW's ef, sparse IVF lists)
-                    rows, row_scores = self._exact(catalogue, queries[i], pool, seen, mask)
-            if diversity > 0:
-                rows, row_scores = _mmr(catalogue.vectors, rows, row_scores, k, diversity)
-            results.append((rows, row_scores))
-        return results
+                keep &= mask[found]
+            picked = keep.nonzero()[0][:pool]
+            if len(picked) == pool:
+                rows, row_scores = found[picked], found_scores[picked]
+        if rows is None:  # no index search, or the index ran short (big k, HNSW's ef, sparse IVF lists)
+            rows, row_scores = self._exact(catalogue, query, pool, seen, mask)
+        if diversity > 0:
+            rows, row_scores = _mmr(catalogue.vectors, rows, row_scores, k, diversity)
+        return rows, row_scores
 
-    def _not_seen(self, catalogue: _Catalogue, seen: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """[len(rows)] bool: which of ``rows`` (FAISS's -1 allowed: False) are not in ``seen``.
-
-        Vectorised against this thread's flags rather than a set: ``seen`` is marked, the
-        rows' flags read, and the marks undone.
-        """
-        unseen = self._unseen(catalogue)
-        unseen[seen] = False
-        try:
-            return unseen[rows]
-        finally:  # even on an interrupt: the flags serve this thread's next calls
-            unseen[seen] = True
-
-    def _unseen(self, catalogue: _Catalogue) -> np.ndarray:
-        """This thread's [rows + 1] bool, all True but the last (which FAISS's -1 indexes):
-        1 byte per catalogue row per calling thread."""
-        flags = getattr(self._per_thread, "unseen", None)
-        if flags is None or len(flags) != len(catalogue.item_ids) + 1:
-            flags = np.ones(len(catalogue.item_ids) + 1, dtype=bool)
-            flags[-1] = False
-            self._per_thread.unseen = flags
-        return flags
+    def _scratch(self, catalogue: _Catalogue) -> "_Scratch":
+        """This thread's search memory, sized for ``catalogue``."""
+        scratch = getattr(self._per_thread, "scratch", None)
+        if scratch is None or len(scratch.unseen) != len(catalogue.item_ids) + 1:
+            scratch = self._per_thread.scratch = _Scratch(len(catalogue.item_ids))
+        return scratch
 
     def _exact(self, catalogue: _Catalogue, query: np.ndarray, k: int, seen: np.ndarray,
                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         allowed = catalogue.active.copy() if mask is None else mask.copy()
         allowed[seen] = False
         rows = np.flatnonzero(allowed)
-        scores = catalogue.vectors[rows] @ query
+        scores = catalogue.vectors[rows] @ query.reshape(-1)  # query: [d] or [1, d]
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top]
 
@@ -737,7 +734,7 @@ class Recommender:
         seen = request.seen if exclude_seen else NOTHING
         # At most len(seen) of the first k + len(seen) titles can be excluded.
         candidates = order[:k + len(seen)]
-        rows = candidates[self._not_seen(catalogue, seen, candidates)][:k]
+        rows = candidates[_not_seen(self._scratch(catalogue).unseen, seen, candidates)][:k]
         return self._result(catalogue, rows, catalogue.popularity[rows], request.unknown, "popularity")
 
     def _result(self, catalogue: _Catalogue, rows: np.ndarray, scores: np.ndarray, unknown: list[Any],
@@ -766,30 +763,83 @@ class Recommender:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _index_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """``catalogue.index.search(queries, k)`` on ``threads`` OpenMP threads (a per-thread
-    setting, restored after), calling FAISS's ``search_c`` directly.
+class _Scratch:
+    """One calling thread's reused search memory: a flag per catalogue row for excluding
+    watched titles (1 byte each, all True but the last, which FAISS's -1 indexes) and one
+    query's FAISS outputs with their SWIG pointers (a call then allocates neither)."""
 
-    Its Python wrapper reads ``index.d`` through SWIG and resolves a numeric type on every
-    call (1.3–1.5 µs at 100,000 titles against ``search_c`` with outputs allocated once);
-    skipping it pays for the outputs and the thread setting, so this measures within
-    0.2 µs of a bare ``index.search``. The queries' shape is checked against the item
-    vectors', whose width ``load`` checked against the index's.
+    __slots__ = ("unseen", "scores", "labels", "score_ptr", "label_ptr")
+
+    def __init__(self, rows: int):
+        self.unseen = np.ones(rows + 1, dtype=bool)
+        self.unseen[-1] = False
+        self.reserve(64)
+
+    def reserve(self, k: int) -> None:
+        """Room for one query's ``k`` results."""
+        self.scores = np.empty(k, dtype=np.float32)
+        self.labels = np.empty(k, dtype=np.int64)
+        self.score_ptr, self.label_ptr = faiss.swig_ptr(self.scores), faiss.swig_ptr(self.labels)
+
+
+def _search_sizes(catalogue: _Catalogue, k: int, most_seen: int, filtered: tuple[np.ndarray, int] | None,
+                  diversity: float) -> tuple[int, np.ndarray | None, int]:
+    """(candidates per query, filter mask or None, results to ask FAISS for; 0 = scan exactly).
+
+    FAISS is asked for enough extra results to survive excluding ``most_seen`` watched
+    titles and the filter (which keeps a share allowed / active of titles); an exact scan
+    covers any shortfall. Filters that allow few titles, or an empty index, scan exactly.
+    """
+    pool = max(MMR_POOL * k, 50) if diversity > 0 else k
+    if filtered is None:
+        return pool, None, min(pool + most_seen, catalogue.searchable)
+    mask, allowed = filtered
+    if allowed <= EXACT_SEARCH_MAX_ROWS:
+        return pool, mask, 0
+    wanted = math.ceil((pool + most_seen) * 1.2 * max(len(catalogue.rows), 1) / max(allowed, 1))
+    return pool, mask, min(wanted, catalogue.searchable)
+
+
+def _index_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``catalogue.index.search(queries, k)`` on ``threads`` OpenMP threads: (scores, labels)."""
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    labels = np.empty((len(queries), k), dtype=np.int64)
+    _faiss_search(catalogue, queries, k, threads, faiss.swig_ptr(scores), faiss.swig_ptr(labels))
+    return scores, labels
+
+
+def _faiss_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int, scores: Any, labels: Any) -> None:
+    """FAISS's ``search_c`` of ``queries`` into the buffers behind the SWIG pointers
+    ``scores`` and ``labels`` (room for len(queries) * k each), on ``threads`` OpenMP threads
+    (a per-thread setting, restored after).
+
+    ``index.search``'s Python wrapper reads ``index.d`` through SWIG and resolves a numeric
+    type on every call (1.3–1.5 µs at 100,000 titles against ``search_c`` with outputs
+    allocated once); skipping it pays for the thread setting. The queries' shape is
+    checked against the item vectors', whose width ``load`` checked against the index's.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != catalogue.vectors.shape[1]:  # FAISS would read past the buffer
         raise ValueError(f"queries: expected [n, {catalogue.vectors.shape[1]}] vectors, got shape {queries.shape}.")
-    n = len(queries)
-    scores = np.empty((n, k), dtype=np.float32)
-    labels = np.empty((n, k), dtype=np.int64)
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
     try:
-        catalogue.index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(labels),
-                                 catalogue.search_params)
+        catalogue.index.search_c(len(queries), faiss.swig_ptr(queries), k, scores, labels, catalogue.search_params)
     finally:
         faiss.omp_set_num_threads(previous)
-    return scores, labels
+
+
+def _not_seen(unseen: np.ndarray, seen: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[len(rows)] bool: which of ``rows`` (FAISS's -1 allowed: False) are not in ``seen``.
+
+    Vectorised against a thread's flags ``unseen`` (:class:`_Scratch`) rather than a set:
+    ``seen`` is marked, the rows' flags read, and the marks undone.
+    """
+    unseen[seen] = False
+    try:
+        return unseen[rows]
+    finally:  # even on an interrupt: the flags serve this thread's next calls
+        unseen[seen] = True
 
 
 def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, needed: Any) -> dict[str, Any]:

@@ -67,15 +67,28 @@ class RowLookup:
         slot = int(item_id) + self._shift
         return int(self._table[slot]) if 0 < slot < len(self._table) else ABSENT
 
-    def rows(self, ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+    def rows(self, ids: Sequence[Any] | np.ndarray, plain_ints: bool = False) -> np.ndarray:
         """Rows of ``ids`` [len(ids)] int64, ``ABSENT`` for unknown ids.
 
         The ids must have the catalogue's type (the recommender checks them first): in a
         list of integers numpy reads ``True`` as 1.
+
+        Args:
+            plain_ints: ``ids`` is a list of Python ints (the caller checked every type):
+                read straight into int64, without numpy's type discovery (0.8 against
+                1.3 µs for 50 ids). Anything else would be misread (``np.fromiter`` cuts
+                1.5 to 1 and parses "7").
         """
         if self._dict is not None:
             return np.fromiter(map(self._dict.get, ids, [ABSENT] * len(ids)), dtype=np.int64, count=len(ids))
-        array = np.asarray(ids)
+        array = None
+        if plain_ints:
+            try:
+                array = np.fromiter(ids, dtype=np.int64, count=len(ids))
+            except OverflowError:  # past int64: looked up one by one below
+                pass
+        if array is None:
+            array = np.asarray(ids)
         if array.dtype != np.int64:  # ids past int64 (numpy makes floats or objects of them), other dtypes
             values = ids.tolist() if isinstance(ids, np.ndarray) else ids
             return np.fromiter(map(self.get, values), dtype=np.int64, count=len(array))
