@@ -189,6 +189,19 @@ def test_a_members_watched_titles_do_not_leak_into_the_next_members_list(tmp_pat
     assert flags[:-1].all() and not flags[-1]  # the last entry stands for FAISS's -1
 
 
+def test_one_query_results_do_not_share_the_threads_reused_search_buffers(recommender, artifact):
+    """recommend and similar_items search into this thread's reused output buffers: a result
+    read after later calls have overwritten them is unchanged, and a k past the buffers'
+    size (64) grows them to give what a batch search (fresh outputs) gives."""
+    ids = artifact[2]["item_id"].tolist()
+    first = recommender.recommend(ids[:5], k=5)  # its items are built only when read, below
+    similar = recommender.similar_items(ids[30], k=7)
+    big = recommender.recommend(ids[5:10], k=300)
+    recommender.similar_items(ids[7], k=200)
+    assert first == recommender.recommend(ids[:5], k=5) and similar == recommender.similar_items(ids[30], k=7)
+    assert len(big) == 300 and big.item_ids == recommender.recommend_batch([ids[5:10]], k=300)[0].item_ids
+
+
 def test_batch_equals_one_by_one(recommender, artifact):
     ids = artifact[2]["item_id"].tolist()
     histories = [ids[i:i + 5] for i in range(0, 100, 10)] + [[]]

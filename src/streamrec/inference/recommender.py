@@ -10,7 +10,8 @@ Concurrency: any number of threads may call the read methods at once. ``add_item
 ``remove_items`` build a new catalogue snapshot (index copy included) under a lock and
 swap it in, so a reader always sees one consistent catalogue and never waits. Each calling
 thread keeps one flag per catalogue row (1 MB at a million titles) to exclude what a
-member watched from what FAISS found.
+member watched from what FAISS found, and reuses its own output buffers for one-query
+searches.
 """
 
 from __future__ import annotations
@@ -604,7 +605,7 @@ class Recommender:
         history = np.zeros((b, length), dtype=np.int64)
         watch = np.zeros((b, length), dtype=np.float32)
         age = np.zeros((b, length), dtype=np.float32)
-        hour = np.zeros(b, dtype=np.int64)
+        hour = np.zeros(b, dtype=np.int64) if config.use_hour else None
         for i, r in enumerate(requests):
             codes = r.codes[-length:]
             m = len(codes)
@@ -616,7 +617,8 @@ class Recommender:
                     # Clipped so that far-apart times stay finite in float32 (buckets end at 2^16 days).
                     seconds = np.clip(reference - r.times[-length:], 0, 1e15)
                     age[i, length - m:] = seconds / SECONDS_PER_DAY
-                hour[i] = int(hour_code(reference))
+                if hour is not None:
+                    hour[i] = int(hour_code(reference))
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
         if config.user_feature_cardinalities:
             batch["user_features"] = np.array([self._user_spec.encode_member(r.features) for r in requests],
@@ -624,7 +626,7 @@ class Recommender:
         if config.n_devices:
             batch["device"] = np.array([self._device_codes.get(str(r.device), 0) if r.device is not None else 0
                                         for r in requests], dtype=np.int64)
-        if config.use_hour:
+        if hour is not None:
             batch["hour"] = hour
         if self._encode is not None and b <= NUMPY_TOWER_MAX_BATCH:
             return self._encode(**batch)
@@ -871,12 +873,16 @@ def _kept(values: list[float] | None, kept: np.ndarray | None, dtype) -> np.ndar
 def _checked_k(k: Any) -> int:
     """``k`` as a Python int (a numpy integer would overflow in ``MMR_POOL * k`` as uint8,
     and SWIG's ``search_c`` refuses one)."""
+    if type(k) is int and k > 0:  # the usual case, checked in a third of the time
+        return k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k: expected a positive integer, got {k!r}.")
     return int(k)
 
 
 def _check_diversity(diversity: Any) -> None:
+    if type(diversity) is float and 0.0 <= diversity <= 1.0:  # the usual case (NaN fails it)
+        return
     if isinstance(diversity, bool) or not isinstance(diversity, (int, float, np.integer, np.floating)) \
             or not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity: expected a number in [0, 1], got {diversity!r}.")
