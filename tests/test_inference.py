@@ -189,10 +189,16 @@ def test_a_members_watched_titles_do_not_leak_into_the_next_members_list(tmp_pat
     assert flags[:-1].all() and not flags[-1]  # the last entry stands for FAISS's -1
 
 
-def test_one_query_results_do_not_share_the_threads_reused_search_buffers(recommender, artifact):
+@pytest.mark.parametrize("reused_results", [4096, 100])
+def test_one_query_results_do_not_share_the_threads_reused_search_buffers(recommender, artifact, monkeypatch,
+                                                                         reused_results):
     """recommend and similar_items search into this thread's reused output buffers: a result
     read after later calls have overwritten them is unchanged, and a k past the buffers'
-    size (64) grows them to give what a batch search (fresh outputs) gives."""
+    size (64) grows them (up to REUSED_RESULTS; past it, fresh outputs serve the one call)
+    to give what a batch search (fresh outputs) gives."""
+    from streamrec.inference import recommender as module
+
+    monkeypatch.setattr(module, "REUSED_RESULTS", reused_results)
     ids = artifact[2]["item_id"].tolist()
     first = recommender.recommend(ids[:5], k=5)  # its items are built only when read, below
     similar = recommender.similar_items(ids[30], k=7)
@@ -200,6 +206,29 @@ def test_one_query_results_do_not_share_the_threads_reused_search_buffers(recomm
     recommender.similar_items(ids[7], k=200)
     assert first == recommender.recommend(ids[:5], k=5) and similar == recommender.similar_items(ids[30], k=7)
     assert len(big) == 300 and big.item_ids == recommender.recommend_batch([ids[5:10]], k=300)[0].item_ids
+    kept = len(recommender._scratch(recommender._catalogue).outputs(1)[0])
+    assert kept == (305 if reused_results == 4096 else 64)  # 300 + the 5 watched titles asked of FAISS
+
+
+def test_an_interrupted_growth_of_the_search_buffers_leaves_them_consistent(recommender, artifact, monkeypatch):
+    """A signal handler's exception (or a MemoryError) while the thread's buffers grow must
+    not leave SWIG pointers to freed arrays: the next call serves what it served before."""
+    import faiss
+
+    ids = artifact[2]["item_id"].tolist()
+    expected = recommender.recommend(ids[:5], k=10)
+    real = faiss.swig_ptr
+
+    def interrupted(array):
+        if array.dtype == np.int64 and array.size > 64:  # the grown labels buffer
+            raise KeyboardInterrupt
+        return real(array)
+
+    monkeypatch.setattr(faiss, "swig_ptr", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recommender.recommend(ids[5:10], k=200)
+    monkeypatch.undo()
+    assert recommender.recommend(ids[:5], k=10) == expected
 
 
 def test_batch_equals_one_by_one(recommender, artifact):

@@ -137,10 +137,11 @@ def timed_blocks(ways: dict, inputs: list) -> dict[str, list[float]]:
     """Seconds of each call ``ways[name](x)``, ROUNDS times for every x in ``inputs``.
 
     The inputs are cut into blocks of BLOCK. In each time slot every way runs one block, each
-    way a different one (way j: block slot + j * stride, stride = blocks / ways), in an order
-    rotated from slot to slot. So every way is sampled evenly over the whole run: this VM's
-    speed swings by up to 1.5x over seconds, and when each way ran as one pass of its own,
-    the same code measured -9% to +65% over raw FAISS from run to run. And no way runs on
+    way a different one while there are at least as many blocks as ways (way j: block
+    slot + j * stride, stride = blocks / ways), in an order rotated from slot to slot. So
+    every way is sampled evenly over the whole run: this VM's speed swings by up to 1.5x over
+    seconds, and when each way ran as one pass of its own, the same code measured -9% to
+    +65% over raw FAISS from run to run. And no way runs on
     caches another has just warmed with the same inputs: a block's previous visit, by any
     way, was about one whole pass over the inputs before (when the stages were timed one
     after another per member, the search stage measured faster than the raw search it

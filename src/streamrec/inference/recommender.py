@@ -49,6 +49,7 @@ FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 ACTIVE = "_active"  # items.parquet column of a saved catalogue with removed titles
 PAGE_BYTES = 4096  # memory page size, for faulting a mapped index in
 NOTHING = np.empty(0, dtype=np.int64)  # no rows to exclude
+REUSED_RESULTS = 4096  # one-query searches reuse per-thread outputs up to this many results (48 KB)
 
 
 class UnknownItemsError(ValueError):
@@ -688,11 +689,10 @@ class Recommender:
         if not wanted:
             return self._top(catalogue, None, query, None, None, seen, mask, pool, k, diversity)
         scratch = self._scratch(catalogue)
-        if len(scratch.labels) < wanted:
-            scratch.reserve(wanted)
-        _faiss_search(catalogue, query, wanted, 1, scratch.score_ptr, scratch.label_ptr)
-        return self._top(catalogue, scratch.unseen, query, scratch.labels[:wanted], scratch.scores[:wanted], seen,
-                         mask, pool, k, diversity)
+        scores, labels, score_ptr, label_ptr = scratch.outputs(wanted)
+        _faiss_search(catalogue, query, wanted, 1, score_ptr, label_ptr, len(labels))
+        return self._top(catalogue, scratch.unseen, query, labels[:wanted], scores[:wanted], seen, mask, pool, k,
+                         diversity)
 
     def _top(self, catalogue: _Catalogue, unseen: np.ndarray | None, query: np.ndarray, found: np.ndarray | None,
              found_scores: np.ndarray | None, seen: np.ndarray, mask: np.ndarray | None, pool: int, k: int,
@@ -770,18 +770,30 @@ class _Scratch:
     watched titles (1 byte each, all True but the last, which FAISS's -1 indexes) and one
     query's FAISS outputs with their SWIG pointers (a call then allocates neither)."""
 
-    __slots__ = ("unseen", "scores", "labels", "score_ptr", "label_ptr")
+    __slots__ = ("unseen", "_outputs")
 
     def __init__(self, rows: int):
         self.unseen = np.ones(rows + 1, dtype=bool)
         self.unseen[-1] = False
-        self.reserve(64)
+        self._outputs = _outputs(64)
 
-    def reserve(self, k: int) -> None:
-        """Room for one query's ``k`` results."""
-        self.scores = np.empty(k, dtype=np.float32)
-        self.labels = np.empty(k, dtype=np.int64)
-        self.score_ptr, self.label_ptr = faiss.swig_ptr(self.scores), faiss.swig_ptr(self.labels)
+    def outputs(self, k: int) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """(scores, labels, their SWIG pointers) with room for one query's ``k`` results:
+        this thread's buffers, grown up to REUSED_RESULTS; past that, fresh ones for this
+        call only (a rare huge k does not keep megabytes per thread)."""
+        outputs = self._outputs
+        if len(outputs[0]) < k:
+            outputs = _outputs(k)
+            if k <= REUSED_RESULTS:
+                # One assignment: an exception midway (a signal handler's, a MemoryError)
+                # cannot leave pointers to arrays that were freed.
+                self._outputs = outputs
+        return outputs
+
+
+def _outputs(k: int) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    scores, labels = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.int64)
+    return scores, labels, faiss.swig_ptr(scores), faiss.swig_ptr(labels)
 
 
 def _search_sizes(catalogue: _Catalogue, k: int, most_seen: int, filtered: tuple[np.ndarray, int] | None,
@@ -806,14 +818,15 @@ def _index_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: i
     """``catalogue.index.search(queries, k)`` on ``threads`` OpenMP threads: (scores, labels)."""
     scores = np.empty((len(queries), k), dtype=np.float32)
     labels = np.empty((len(queries), k), dtype=np.int64)
-    _faiss_search(catalogue, queries, k, threads, faiss.swig_ptr(scores), faiss.swig_ptr(labels))
+    _faiss_search(catalogue, queries, k, threads, faiss.swig_ptr(scores), faiss.swig_ptr(labels), scores.size)
     return scores, labels
 
 
-def _faiss_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int, scores: Any, labels: Any) -> None:
+def _faiss_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: int, scores: Any, labels: Any,
+                  room: int) -> None:
     """FAISS's ``search_c`` of ``queries`` into the buffers behind the SWIG pointers
-    ``scores`` and ``labels`` (room for len(queries) * k each), on ``threads`` OpenMP threads
-    (a per-thread setting, restored after).
+    ``scores`` and ``labels`` (``room`` entries each; FAISS writes len(queries) * k), on
+    ``threads`` OpenMP threads (a per-thread setting, restored after).
 
     ``index.search``'s Python wrapper reads ``index.d`` through SWIG and resolves a numeric
     type on every call (1.3–1.5 µs at 100,000 titles against ``search_c`` with outputs
@@ -823,6 +836,8 @@ def _faiss_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: i
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != catalogue.vectors.shape[1]:  # FAISS would read past the buffer
         raise ValueError(f"queries: expected [n, {catalogue.vectors.shape[1]}] vectors, got shape {queries.shape}.")
+    if len(queries) * k > room:  # FAISS would write past the buffers
+        raise ValueError(f"queries: {len(queries)} x {k} results do not fit in outputs of {room}.")
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
     try:
