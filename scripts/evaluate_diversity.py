@@ -61,7 +61,7 @@ def main() -> None:
 
     genres, _ = data.genre_matrix()
     genres = torch.from_numpy(genres.toarray())
-    vectors = torch.from_numpy(recommender._catalogue.vectors)
+    vectors = torch.tensor(recommender._catalogue.vectors)  # a copy: the served array is a read-only mapping
     rows = []
     for diversity in args.diversity:
         results = recommender.recommend_batch(histories, k=args.k, timestamps=times, watch_fractions=watch,
