@@ -141,11 +141,10 @@ def timed_blocks(ways: dict, inputs: list) -> dict[str, list[float]]:
     slot + j * stride, stride = blocks / ways), in an order rotated from slot to slot. So
     every way is sampled evenly over the whole run: this VM's speed swings by up to 1.5x over
     seconds, and when each way ran as one pass of its own, the same code measured -9% to
-    +65% over raw FAISS from run to run. And no way runs on
-    caches another has just warmed with the same inputs: a block's previous visit, by any
-    way, was about one whole pass over the inputs before (when the stages were timed one
-    after another per member, the search stage measured faster than the raw search it
-    wraps).
+    +65% over raw FAISS from run to run. And no way runs on caches another has just warmed
+    with the same inputs: a block's previous visit, by any way, was about one whole pass over
+    the inputs before (when the stages were timed one after another per member, the search
+    stage measured faster than the raw search it wraps).
     """
     names = list(ways)
     blocks = [inputs[start:start + BLOCK] for start in range(0, len(inputs), BLOCK)]

@@ -876,7 +876,6 @@ def _removal_search(index: faiss.Index, active: np.ndarray, value: int | None, n
     return {"search_params": params, "keep_alive": (selector, translated, bits)}
 
 
-
 def _kept(values: list[float] | None, kept: np.ndarray | None, dtype) -> np.ndarray | None:
     """``values`` as an array, at positions ``kept`` (None: all)."""
     if values is None:
