@@ -380,6 +380,10 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"now": float("nan")}, "now: expected unix seconds"),
     ({"diversity": 1.5}, r"diversity: expected a number in \[0, 1\]"),
     ({"filters": {"genres": "Comedy"}}, r"filters\['genres'\]: expected a list"),
+    ({"history": np.array(1000)}, "history: expected a sequence of item ids, got a 0-d array"),
+    ({"timestamps": 5.0}, r"timestamps \(history\): expected one number per history item, got float"),
+    ({"watch_fractions": 0.5}, r"watch_fractions \(history\): expected one number per history item"),
+    ({"now": True}, "now: expected unix seconds"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
     arguments = {"history": [1000, 1001], **kwargs}
@@ -413,6 +417,25 @@ def test_searching_queries_of_the_wrong_shape_is_refused(recommender):
 def test_batch_argument_lengths_must_match(recommender):
     with pytest.raises(ValueError, match="devices: 1 entries for 2 histories"):
         recommender.recommend_batch([[1000], [1001]], devices=["tv"])
+    with pytest.raises(ValueError, match="timestamps: expected one entry per history, got float"):
+        recommender.recommend_batch([[1000], [1001]], timestamps=5.0)
+
+
+def test_a_skipped_ids_timestamp_does_not_move_the_reference_time(recommender):
+    history, times = [1005, 1006], [1e9, 1e9 + 60]
+    alone = recommender.recommend(history, k=5, timestamps=times)
+    with_unknown = recommender.recommend([*history, 999_999], k=5, timestamps=[*times, 1.7e9])
+    assert with_unknown.unknown_ids == (999_999,)
+    assert (with_unknown.item_ids, with_unknown.scores) == (alone.item_ids, alone.scores)
+    # The reference is still the latest kept view: a later one moves it (the hour, the ages).
+    later = recommender.recommend(history, k=5, timestamps=[1e9, 1e9 + 6 * 3600])
+    assert later.scores != alone.scores
+
+
+def test_an_empty_allowed_list_filters_everything_out_on_any_column(recommender):
+    assert recommender.recommend([1005], k=5, filters={"title": []}).item_ids == []
+    assert recommender.recommend([1005], k=5, filters={"genres": []}).item_ids == []
+    assert recommender.recommend([1005], k=5, filters={"title": ["Title 7"]}).item_ids == [1007]
 
 
 # -- catalogue changes -------------------------------------------------------------------------
@@ -562,6 +585,39 @@ def copy_of_artifact(artifact, tmp_path):
     target = tmp_path / "copy"
     shutil.copytree(artifact[0], target)
     return target
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: (path / "item_vectors.npy").write_bytes(b""), r"item_vectors\.npy: not a readable array"),
+    (lambda path: torch.save(torch.zeros(3), path / "query_tower.pt"),
+     r"query_tower\.pt: holds a Tensor, not a state dict"),
+    (lambda path: torch.save([1, 2], path / "item_tower.pt"), r"item_tower\.pt: holds a list, not a state dict"),
+    (lambda path: torch.save({"unexpected.weight": torch.zeros(2)}, path / "item_tower.pt"),
+     r"item_tower\.pt: weights do not match"),
+    (lambda path: pd.read_parquet(path / "items.parquet").drop(columns="item_id").to_parquet(path / "items.parquet"),
+     r"items\.parquet: has no item_id column"),
+    (lambda path: pd.read_parquet(path / "items.parquet").assign(item_id=lambda f: f["item_id"].where(
+        f.index != 1, 1000)).to_parquet(path / "items.parquet"), r"items\.parquet: item ids must be unique; "
+     r"repeated: \[1000\]"),
+])
+def test_a_damaged_file_with_a_matching_checksum_is_named(copy_of_artifact, damage, message):
+    damage(copy_of_artifact)
+    with pytest.raises(ArtifactError, match=message):
+        Recommender.load(copy_of_artifact, verify=False)
+
+
+def test_saving_never_replaces_a_directory_that_is_not_an_artifact(recommender, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(FileExistsError, match="is not a streamrec artifact"):
+        recommender.save(precious)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no temporary directory left
+    (tmp_path / "empty").mkdir()
+    recommender.save(tmp_path / "empty")  # an empty directory, or a previous artifact, is replaced
+    recommender.save(tmp_path / "empty")
+    assert Recommender.load(tmp_path / "empty").n_items == recommender.n_items
 
 
 def test_tampered_file_fails_the_checksum_naming_the_file(copy_of_artifact):
@@ -790,6 +846,30 @@ def test_add_items_accepts_missing_genres(artifact):
     recommender.add_items([{"item_id": 7100, "title": "No genres", "genres": None, "year": 2020.0}])
     assert 7100 in recommender
     assert recommender.similar_items(7100, k=1).source == "model"
+
+
+@pytest.mark.parametrize("items, message", [
+    ([{"item_id": 7200, "title": "One genre", "genres": "Comedy", "year": 2020.0}],
+     r"items\.genres\[0\]: expected a list \(e\.g\. \['Comedy'\]\), got str"),
+    ([{"item_id": 2**63, "title": "Too big"}], r"items\.item_id\[0\]: 9223372036854775808 does not fit"),
+    ([{"item_id": 7300}, {"item_id": None}], r"items\.item_id\[1\]: item ids of this catalogue are integers, "
+                                             r"got None"),
+    ([{"item_id": 7300}, {"title": "no id"}], r"items\[1\]: an 'item_id' is required"),
+    (pd.DataFrame({"item_id": [7300, None]}), r"items\.item_id: a float column"),
+    ([7300], r"items\[0\]: expected a mapping"),
+    ("7300", "items: expected a DataFrame or a list of mappings"),
+])
+def test_add_items_refuses_bad_items_naming_them(recommender, items, message):
+    with pytest.raises(ValueError, match=message):
+        recommender.add_items(items)
+    assert recommender.n_items == N_ITEMS and 7200 not in recommender and 7300 not in recommender
+
+
+def test_add_items_of_nothing_and_remove_items_of_one_id(recommender):
+    assert recommender.add_items([]) == [] and recommender.n_items == N_ITEMS
+    with pytest.raises(ValueError, match="item_ids: expected a list of item ids, got int 1000"):
+        recommender.remove_items(1000)
+    assert 1000 in recommender
 
 
 def test_manifest_with_paths_outside_the_artifact_is_rejected(copy_of_artifact):

@@ -49,11 +49,16 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
     ``write_files(tmp)`` writes every file into the temporary directory ``tmp`` and returns
     the manifest (without ``files``); checksums are added here. The directory appears under
     ``path`` only when complete: a failed build leaves any previous artifact untouched.
+    An existing ``path`` is replaced only if it is an artifact (or an empty directory).
     Returns the manifest as written.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    if path.exists() and not (path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))):
+        # Only a previous artifact (or an empty directory) is replaced, never other files.
+        raise FileExistsError(f"{path} exists and is not a streamrec artifact (no {MANIFEST}); it was left as it "
+                              "is. Write the artifact to another path, or remove this one first.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

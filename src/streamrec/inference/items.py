@@ -88,7 +88,8 @@ class ItemTable:
         if column in self.scalars:
             values = self.scalars[column]
             if isinstance(values, pa.Array):
-                return pc.is_in(values, value_set=pa.array([str(a) for a in allowed])).to_numpy(zero_copy_only=False)
+                value_set = pa.array([str(a) for a in allowed], type=values.type)  # typed: [] alone is null
+                return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
             return np.isin(values, allowed)
         raise ValueError(f"filters: unknown metadata column {column!r}; the items have {self.columns}.")
 

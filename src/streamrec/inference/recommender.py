@@ -249,7 +249,9 @@ class Recommender:
         except (KeyError, TypeError) as error:
             raise ArtifactError(f"{path / 'manifest.json'}: missing or unexpected field ({error}); "
                                 "rebuild the artifact.") from None
-        item_ids = table.scalars.pop("item_id")
+        item_ids = table.scalars.pop("item_id", None)
+        if item_ids is None:
+            raise ArtifactError(f"{path / 'items.parquet'}: has no item_id column; rebuild the artifact.")
         if not isinstance(item_ids, np.ndarray):  # string ids arrive as an arrow array
             item_ids = np.asarray(item_ids.to_pylist(), dtype=object)
         n = len(item_ids)
@@ -263,12 +265,15 @@ class Recommender:
             raise ArtifactError(f"{path}: item_vectors.npy {vectors.shape}, index.faiss {index.ntotal} vectors and "
                                 f"items.parquet {n} rows disagree; rebuild the artifact.")
         popularity = np.asarray(table.scalars.get("popularity", np.zeros(n)), dtype=np.float64)
-        if active.all():
-            rows = history_rows = RowLookup.of(item_ids, np.arange(n))
-        else:
-            rows = RowLookup.of(item_ids[active], np.flatnonzero(active))
-            _, first = np.unique(item_ids, return_index=True)  # a re-added title's trained row
-            history_rows = RowLookup.of(item_ids[first], first)
+        try:
+            if active.all():
+                rows = history_rows = RowLookup.of(item_ids, np.arange(n))
+            else:
+                rows = RowLookup.of(item_ids[active], np.flatnonzero(active))
+                _, first = np.unique(item_ids, return_index=True)  # a re-added title's trained row
+                history_rows = RowLookup.of(item_ids[first], first)
+        except ValueError as error:
+            raise ArtifactError(f"{path / 'items.parquet'}: {error}; rebuild the artifact.") from None
         popular = np.argsort(-popularity, kind="stable")
         catalogue = _Catalogue(
             index=index, mapped=mapped, vectors=vectors, item_ids=item_ids, rows=rows, history_rows=history_rows,
@@ -320,9 +325,9 @@ class Recommender:
             timestamps: unix seconds of each view (same length as ``history``).
             watch_fractions: share of each title watched, in [0, 1] (default 1).
             now: unix seconds of the request, the reference for recency and hour of day
-                (default: the latest of ``timestamps``, the reference the model was
-                evaluated with in ``set`` history mode; pass the real time for
-                ``sequential`` models and live traffic).
+                (default: the latest of ``timestamps`` of ids in the catalogue, the
+                reference the model was evaluated with in ``set`` history mode; pass the
+                real time for ``sequential`` models and live traffic).
             member_features: member attributes the model was trained with (e.g.
                 ``{"age": 31, "country": "SE"}``); absent ones count as unknown.
             device: the request's device (a value of the training data's device column).
@@ -377,6 +382,9 @@ class Recommender:
         per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
                       "devices": devices, "now": now if isinstance(now, Sequence) else None}
         for name, values in per_member.items():
+            if values is not None and (isinstance(values, (str, bytes, Mapping))
+                                       or not isinstance(values, (Sequence, np.ndarray))):
+                raise ValueError(f"{name}: expected one entry per history, got {_described(values)}.")
             if values is not None and len(values) != b:
                 raise ValueError(f"{name}: {len(values)} entries for {b} histories; give one per member.")
         catalogue = self._catalogue
@@ -426,14 +434,41 @@ class Recommender:
         (``genres`` list, ``year``, ``title``, ``text``) and any metadata to return.
         Returns the added ids. Ids already in the catalogue raise ``ValueError``.
         """
-        frame = pd.DataFrame(list(items)) if not isinstance(items, pd.DataFrame) else items.reset_index(drop=True)
-        if "item_id" not in frame.columns:
-            raise ValueError("items: an 'item_id' column is required.")
-        ids = frame["item_id"].tolist()
+        if isinstance(items, pd.DataFrame):
+            frame = items.reset_index(drop=True)
+            if "item_id" not in frame.columns:
+                raise ValueError("items: an 'item_id' column is required.")
+            if self._id_kind == "int" and frame["item_id"].dtype.kind == "f":
+                raise ValueError("items.item_id: a float column (pandas makes one of integer ids beside a missing "
+                                 "one); give every title an integer id.")
+            ids = frame["item_id"].tolist()
+        else:
+            if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+                raise ValueError(f"items: expected a DataFrame or a list of mappings, got {_described(items)}.")
+            records = list(items)
+            for i, record in enumerate(records):
+                if not isinstance(record, Mapping):
+                    raise ValueError(f"items[{i}]: expected a mapping of column -> value, got {_described(record)}.")
+                if "item_id" not in record:
+                    raise ValueError(f"items[{i}]: an 'item_id' is required.")
+            ids = [record["item_id"] for record in records]  # before pandas makes floats of ints beside a None
+            frame = pd.DataFrame(records)
+        bounds = np.iinfo(self._catalogue.item_ids.dtype) if self._id_kind == "int" else None
         for i, item_id in enumerate(ids):
             self._check_id(item_id, f"items.item_id[{i}]")
+            if bounds is not None and not bounds.min <= item_id <= bounds.max:
+                raise ValueError(f"items.item_id[{i}]: {item_id} does not fit the catalogue's ids "
+                                 f"({bounds.dtype}, {bounds.min} to {bounds.max}).")
         if len(set(ids)) != len(ids):
             raise ValueError("items: duplicate item_id values.")
+        if not ids:
+            return []
+        for column in ("genres", *self._catalogue.table.lists):  # list columns: a list (or missing) per title
+            if column in frame.columns:
+                for i, value in enumerate(frame[column].tolist()):
+                    if not isinstance(value, (list, tuple, np.ndarray)) and not _missing(value):
+                        raise ValueError(f"items.{column}[{i}]: expected a list (e.g. [{value!r}]), "
+                                         f"got {_described(value)}.")
         vectors = self._embed(frame)
         with self._write_lock:
             old = self._catalogue
@@ -469,6 +504,8 @@ class Recommender:
 
         Members who watched a removed title still have it read from their history.
         """
+        if isinstance(item_ids, (str, bytes)) or not isinstance(item_ids, Iterable):
+            raise ValueError(f"item_ids: expected a list of item ids, got {_described(item_ids)}.")
         item_ids = list(item_ids)
         for i, item_id in enumerate(item_ids):
             self._check_id(item_id, f"item_ids[{i}]")
@@ -541,14 +578,16 @@ class Recommender:
     def _request(self, history: Sequence[Any], catalogue: _Catalogue, timestamps, watch_fractions, now,
                  member_features, device, strict: bool, name: str) -> _Request:
         if type(history) is not list and (isinstance(history, (str, bytes))
-                                          or not isinstance(history, (Sequence, np.ndarray))):
-            raise ValueError(f"{name}: expected a sequence of item ids, got {type(history).__name__}.")
+                                          or not isinstance(history, (Sequence, np.ndarray))
+                                          or getattr(history, "ndim", 1) != 1):
+            raise ValueError(f"{name}: expected a sequence of item ids, got {_described(history)}.")
         n = len(history)
         times = _numbers(timestamps, n, "timestamps", name) if timestamps is not None else None
         watch = _numbers(watch_fractions, n, "watch_fractions", name) if watch_fractions is not None else None
         if watch is not None and any(w < 0 or w > 1 for w in watch):
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
-        if now is not None and (not isinstance(now, (int, float, np.number)) or not math.isfinite(now)):
+        if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float, np.integer, np.floating))
+                                or not math.isfinite(now)):
             raise ValueError(f"now: expected unix seconds, got {now!r}.")
         if isinstance(history, np.ndarray):
             history = history.tolist()
@@ -588,7 +627,10 @@ class Recommender:
             watch_kept = watch_kept[order] if watch_kept is not None else None
         if member_features is not None:
             self._check_features(member_features)
-        reference = now if now is not None or not times else max(times)
+        reference = now
+        if reference is None and times:  # the latest view; skipped ids do not count
+            reference = max(times) if not unknown else max(
+                (t for t, row in zip(times, rows.tolist()) if row != ABSENT), default=None)
         # Positional: keywords cost 0.25 µs more for these eight fields.
         return _Request(seen, unknown, codes, watch_kept, times_kept, reference, member_features, device)
 
@@ -903,6 +945,9 @@ def _check_diversity(diversity: Any) -> None:
 
 
 def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) \
+            or getattr(values, "ndim", 1) != 1:
+        raise ValueError(f"{what} ({name}): expected one number per history item, got {_described(values)}.")
     if len(values) != n:
         raise ValueError(f"{what} ({name}): {len(values)} values for {n} history items; give one per item.")
     try:
@@ -913,6 +958,19 @@ def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[floa
         if not math.isfinite(v):
             raise ValueError(f"{what} ({name})[{position}] is {v}; give finite numbers.")
     return numbers
+
+
+def _described(value: Any) -> str:
+    """A short description of a wrong argument for an error message."""
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-d array"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: a cell left empty."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _mmr(vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int,
@@ -942,10 +1000,13 @@ def _load_module(path: Path, build) -> torch.nn.Module:
         raise ArtifactError(f"{path}: missing from the artifact.") from None
     except Exception as error:  # torch raises several types for a corrupted file
         raise ArtifactError(f"{path}: cannot be read as weights ({error}).") from None
+    if not isinstance(state, Mapping):
+        raise ArtifactError(f"{path}: holds a {type(state).__name__}, not a state dict of weights; rebuild the "
+                            "artifact.")
     try:
         module = build(state)
         module.load_state_dict(state, assign=True)
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise ArtifactError(f"{path}: weights do not match the manifest's model arguments ({error}).") from None
     return module.eval()
 
@@ -1014,8 +1075,8 @@ def _read_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing from the artifact.") from None
-    except ValueError as error:
-        raise ArtifactError(f"{path}: not a readable array ({error}).") from None
+    except (ValueError, EOFError, OSError) as error:  # a bad header, an empty or truncated file
+        raise ArtifactError(f"{path}: not a readable array ({error or type(error).__name__}).") from None
 
 
 def _read_parquet(path: Path):

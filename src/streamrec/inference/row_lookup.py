@@ -11,6 +11,7 @@ are instead kept in an array indexed by the id, so a history is one numpy gather
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ class RowLookup:
 
     @classmethod
     def of(cls, ids: np.ndarray | Sequence[Any], rows: np.ndarray | Sequence[int]) -> "RowLookup":
-        """Lookup of ``ids[i] -> rows[i]`` (ids unique)."""
+        """Lookup of ``ids[i] -> rows[i]``; a repeated id raises ``ValueError``."""
         ids = np.asarray(ids)
         rows = np.asarray(rows, dtype=np.int64)
         low, high = (int(ids.min()), int(ids.max())) if len(ids) and ids.dtype.kind == "i" else (-1, 0)
@@ -46,8 +47,14 @@ class RowLookup:
             shift = int(low == 0)
             table = np.full(high + shift + 2, ABSENT, dtype=np.int64)
             table[ids + shift] = rows
-            return cls(table, shift, None, len(ids))
-        return cls(None, 0, dict(zip(ids.tolist(), rows.tolist())), len(ids))
+            lookup, size = cls(table, shift, None, len(ids)), np.count_nonzero(table != ABSENT)
+        else:
+            mapping = dict(zip(ids.tolist(), rows.tolist()))
+            lookup, size = cls(None, 0, mapping, len(ids)), len(mapping)
+        if size != len(ids):
+            repeated = [item_id for item_id, count in Counter(ids.tolist()).items() if count > 1]
+            raise ValueError(f"item ids must be unique; repeated: {repeated[:10]}")
+        return lookup
 
     def __len__(self) -> int:
         return self._size
