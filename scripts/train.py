@@ -1,7 +1,7 @@
 """Train the two-tower retrieval model; print its test metrics beside the baselines.
 
     python scripts/train.py                                   # built-in simulator
-    python scripts/train.py data=movielens data.root=../shared/datasets/ml-100k
+    python scripts/train.py data=movielens data.root=../shared/datasets/ml-100k 'data.split.ratios=[0.8,0.1,0.1]'
     python scripts/train.py experiment=ml100k data.root=../shared/datasets/ml-100k
     python scripts/train.py ckpt_path=checkpoints/<run>/last.ckpt   # resume
 """

@@ -115,6 +115,26 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert resumed["trainer"].global_step == 2 * steps_after_one
 
 
+def test_last_checkpoint_is_the_last_epoch_and_resuming_keeps_the_runs_folder_and_best(tmp_path):
+    # mode=min on NDCG: the first epoch stays "best" while training improves NDCG, so the
+    # later epochs are ones that do not improve on the best.
+    worse = ["eval.baselines={}", "callbacks.model_checkpoint.mode=min", "callbacks.early_stopping=null"]
+    cfg = make_cfg(tmp_path, TINY + worse + ["trainer.max_epochs=3"])
+    _, objects = train(cfg)
+    run = tmp_path / "checkpoints" / cfg.run_name
+    best = objects["trainer"].checkpoint_callback
+    assert torch.load(run / "last.ckpt", weights_only=False)["epoch"] == 2  # not the best epoch's copy
+    first_best = (best.best_model_path, float(best.best_model_score))
+    resumed_cfg = make_cfg(tmp_path, TINY + worse + ["trainer.max_epochs=4", f"ckpt_path={run / 'last.ckpt'}"])
+    assert resumed_cfg.run_name == cfg.run_name  # no run_name given: the checkpoint's own folder
+    _, resumed = train(resumed_cfg)
+    assert resumed["trainer"].current_epoch == 4
+    kept = resumed["trainer"].checkpoint_callback
+    assert float(kept.best_model_score) <= first_best[1]  # the best so far still competed
+    assert Path(kept.best_model_path).parent == run
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == [cfg.run_name]
+
+
 def test_cold_start_split_reports_content_only_recall(tmp_path):
     cfg = make_cfg(tmp_path, TINY + ["eval.baselines={}", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
     metrics, objects = train(cfg)

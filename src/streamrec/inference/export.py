@@ -111,5 +111,6 @@ def export_artifact(
         }
 
     manifest = write_artifact(path, write_files)
-    log.info("artifact %s: %s, %s=%s, recall@%d %.3f", path, factory, parameter, value, k, measured)
+    searched = f"{parameter}={value}" if parameter else "exact search"
+    log.info("artifact %s: %s, %s, recall@%d %.3f", path, factory, searched, k, measured)
     return manifest

@@ -31,6 +31,18 @@ from streamrec.training.module import TwoTowerModule
 log = logging.getLogger(__name__)
 
 
+def _checkpoint_run(ckpt_path: str | None, new_name: str) -> str:
+    """``run_name``'s default: the run folder of the checkpoint resumed from, else a new name.
+
+    A resumed run keeps writing into its own folder, so its best checkpoint so far (kept in
+    that folder's checkpoint state) still competes with the epochs that follow.
+    """
+    return Path(ckpt_path).parent.name if ckpt_path else new_name
+
+
+OmegaConf.register_new_resolver("checkpoint_run", _checkpoint_run, use_cache=True, replace=True)
+
+
 def model_inputs(data: SplitData, datamodule: RetrievalDataModule, text_buckets: int, max_tokens: int,
                  use_hour: bool = True):
     """Data-derived model sizes and the content buffers of the catalogue.
