@@ -98,18 +98,18 @@ def test_train_end_to_end_on_tiny_simulator(tmp_path, capsys):
 
 
 def test_training_is_deterministic_with_a_seed(tmp_path):
-    first, _ = train(make_cfg(tmp_path / "a", TINY + ["eval.baselines={}"]))
-    second, _ = train(make_cfg(tmp_path / "b", TINY + ["eval.baselines={}"]))
+    first, _ = train(make_cfg(tmp_path / "a", TINY + ["eval.baselines=null"]))
+    second, _ = train(make_cfg(tmp_path / "b", TINY + ["eval.baselines=null"]))
     assert first == second
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
-    one = TINY + ["eval.baselines={}", "trainer.max_epochs=1", "run_name=resume"]
+    one = TINY + ["eval.baselines=null", "trainer.max_epochs=1", "run_name=resume"]
     _, objects = train(make_cfg(tmp_path, one))
     steps_after_one = objects["trainer"].global_step
     last = tmp_path / "checkpoints" / "resume" / "last.ckpt"
     assert last.exists()
-    two = TINY + ["eval.baselines={}", "trainer.max_epochs=2", "run_name=resume", f"ckpt_path={last}"]
+    two = TINY + ["eval.baselines=null", "trainer.max_epochs=2", "run_name=resume", f"ckpt_path={last}"]
     _, resumed = train(make_cfg(tmp_path, two))
     assert resumed["trainer"].current_epoch == 2
     assert resumed["trainer"].global_step == 2 * steps_after_one
@@ -118,7 +118,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
 def test_last_checkpoint_is_the_last_epoch_and_resuming_keeps_the_runs_folder_and_best(tmp_path):
     # mode=min on NDCG: the first epoch stays "best" while training improves NDCG, so the
     # later epochs are ones that do not improve on the best.
-    worse = ["eval.baselines={}", "callbacks.model_checkpoint.mode=min", "callbacks.early_stopping=null"]
+    worse = ["eval.baselines=null", "callbacks.model_checkpoint.mode=min", "callbacks.early_stopping=null"]
     cfg = make_cfg(tmp_path, TINY + worse + ["trainer.max_epochs=3"])
     _, objects = train(cfg)
     run = tmp_path / "checkpoints" / cfg.run_name
@@ -136,7 +136,7 @@ def test_last_checkpoint_is_the_last_epoch_and_resuming_keeps_the_runs_folder_an
 
 
 def test_cold_start_split_reports_content_only_recall(tmp_path):
-    cfg = make_cfg(tmp_path, TINY + ["eval.baselines={}", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
+    cfg = make_cfg(tmp_path, TINY + ["eval.baselines=null", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
     metrics, objects = train(cfg)
     cold = objects["cold_start"]
     assert list(cold.index) == ["TwoTower (content only)", "Popularity by genre (known at release)",
@@ -154,7 +154,7 @@ def test_missing_validation_split_is_a_clear_error(tmp_path):
 def test_wandb_offline_logger(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    metrics, _ = train(make_cfg(tmp_path, TINY + ["eval.baselines={}", "logger=wandb", "trainer.max_epochs=1"]))
+    metrics, _ = train(make_cfg(tmp_path, TINY + ["eval.baselines=null", "logger=wandb", "trainer.max_epochs=1"]))
     assert "test/ndcg@10" in metrics
     assert list((tmp_path / "run").rglob("offline-run-*"))
 
@@ -167,7 +167,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     in a subprocess rather than inside pytest.
     """
     root = Path(__file__).resolve().parents[1]
-    overrides = TINY + ["eval.baselines={}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    overrides = TINY + ["eval.baselines=null", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                         f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                         f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), *overrides], cwd=root,
@@ -185,7 +185,7 @@ def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsy
     from streamrec.training.export import build_index
     from streamrec.training.train import score_function
 
-    _, objects = train(make_cfg(tmp_path, TINY + ["eval.baselines={}"]))
+    _, objects = train(make_cfg(tmp_path, TINY + ["eval.baselines=null"]))
     manifest, built = build_index(make_cfg(tmp_path, ["index.tuning_queries=50"], config_name="build_index"))
     artifact = tmp_path / "checkpoints" / "recommender"
     assert "recall vs latency" in capsys.readouterr().out
