@@ -37,7 +37,7 @@ def _checkpoint_run(ckpt_path: str | None, new_name: str) -> str:
     A resumed run keeps writing into its own folder, so its best checkpoint so far (kept in
     that folder's checkpoint state) still competes with the epochs that follow.
     """
-    return Path(ckpt_path).parent.name if ckpt_path else new_name
+    return (Path(ckpt_path).parent.name if ckpt_path else "") or new_name  # "last" etc.: Lightning's own names
 
 
 OmegaConf.register_new_resolver("checkpoint_run", _checkpoint_run, use_cache=True, replace=True)
