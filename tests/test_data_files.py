@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pandas as pd
 import pytest
 
-from streamrec.data import DataError, FileSource, Preprocessing, SplitSpec, load_files, prepare_dataset, validate_raw
+from streamrec.data import (DataError, FileSource, MovieLensSource, Preprocessing, RawData, SplitSpec, load_files,
+                            prepare_dataset, validate_raw)
+from streamrec.data.dataset import SplitData, index_and_split
+from streamrec.data.preprocessing import preprocess
 
 
 def write(tmp_path, name, text):
@@ -42,11 +48,19 @@ def test_parquet_round_trip_and_catalogue_keeps_unwatched_titles(tmp_path):
     [
         ("user_id,movie\n1,2\n", None, "missing column(s) ['item_id']"),
         ("user_id,item_id,timestamp\n1,2,yesterday-ish\n", None, "could not be parsed as a time"),
-        ("user_id,item_id,rating\n1,2,4\n1,3,-1\n", None, "must be a non-negative number"),
-        ("user_id,item_id,rating\n1,2,\n", None, "NaN, negative or not a number"),
+        ("user_id,item_id,rating\n1,2,4\n1,3,-1\n", None, "must be a finite non-negative number"),
+        ("user_id,item_id,rating\n1,2,\n", None, "NaN, negative, infinite or not a number"),
         ("user_id,item_id,watch_fraction\n1,2,1.5\n", None, "must lie in [0, 1]"),
         ("user_id,item_id\n1,\n", None, "column 'item_id' has empty values"),
         ("u,i\n1,2\n", {"user_id": "u", "item_id": "item"}, "['item'] named in the config are not in the file"),
+        ("member,title\n1,2\n", None, "missing column(s) ['user_id', 'item_id']; found ['member', 'title']"),
+        ("user_id,item_id,timestamp\n1,2,1700000000\n1,3,1700000100\n1,4,oops\n", None,
+         "first at data row 2 ({'timestamp': 'oops'})"),
+        ("user_id,item_id,timestamp\n1,2,inf\n", None, "column 'timestamp' is infinite"),
+        ("user_id,item_id,timestamp\n1,2,True\n", None, "column 'timestamp' holds booleans"),
+        ("user_id,item_id,rating\n1,2,inf\n", None, "NaN, negative, infinite or not a number"),
+        ("user_id,item_id\n1,10.5\n", None, "column 'item_id' has numbers that are not whole"),
+        ('user_id,item_id\n1," "\n', None, "column 'item_id' has blank ids"),
     ],
 )
 def test_bad_interactions_name_the_file_and_problem(tmp_path, text, columns, message):
@@ -97,3 +111,65 @@ def test_lastfm_loads_through_generic_files(shared_dataset):
     assert data.n_users == 1892
     assert sum(len(data.part(p)) for p in ("train", "val", "test")) == 92834
     assert (data.train["rating"] > 0).all()
+
+
+def _split(interactions: pd.DataFrame, **spec) -> SplitData:
+    raw, _ = preprocess(validate_raw(RawData(interactions)), Preprocessing(**spec.pop("preprocessing", {})))
+    return index_and_split(raw, SplitSpec(**spec))
+
+
+@pytest.mark.parametrize("times", [[100.9, 100.1, 50.0],
+                                   ["1970-01-01T00:01:40.900Z", "1970-01-01T00:01:40.100Z", "1970-01-01T00:00:50Z"]])
+def test_sub_second_times_keep_their_order(times):
+    views = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12], "timestamp": times})
+    split = _split(views, method="leave_last_out", holdout_val=0)
+    assert split.item_map.to_raw(split.test["item"]).tolist() == [10]  # the latest view, at 100.9 s
+    assert split.test["timestamp"].tolist() == [100]  # whole seconds are kept
+    again = pd.DataFrame({"user_id": [1, 1], "item_id": [10, 10], "timestamp": [100.9, 100.1],
+                          "watch_fraction": [0.9, 0.1]})
+    kept = _split(again, preprocessing={"duplicates": "keep_last"}, method="random", ratios=[1.0, 0.0, 0.0])
+    assert kept.train["watch_fraction"].tolist() == [pytest.approx(0.9)]
+
+
+def test_whole_number_float_ids_are_integers_and_survive_the_cache(tmp_path):
+    pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10.0, 11.0, 10.0, 12.0]}).to_parquet(tmp_path / "v.parquet")
+    source = FileSource(str(tmp_path / "v.parquet"))
+    fresh = prepare_dataset(source, split=SplitSpec(ratios=[0.5, 0.5]), cache_dir=tmp_path / "cache")
+    cached = prepare_dataset(source, split=SplitSpec(ratios=[0.5, 0.5]), cache_dir=tmp_path / "cache")
+    assert fresh.item_map == cached.item_map
+    assert cached.item_map.to_index([10, 11, 12]).tolist() == [0, 1, 2]
+    assert cached.item_map.raw_ids.dtype == np.int64
+
+
+def test_quoted_csv_fields_are_read_as_csv(tmp_path):
+    views = write(tmp_path, "views.csv", "user_id,item_id\n1,1\n1,2\n")
+    items = write(tmp_path, "items.CSV", 'item_id,title\n1,"American President, The (1995)"\n"2","Heat"\n')
+    data = validate_raw(load_files(views, items=items))
+    assert data.items["title"].tolist() == ["American President, The (1995)", "Heat"]
+    tabbed = write(tmp_path, "artists.dat", 'item_id\ttitle\n1\t"Weird Al" Yankovic\n2\tHeat\n')
+    assert load_files(views, items=tabbed).items["title"].tolist() == ['"Weird Al" Yankovic', "Heat"]
+
+
+def test_upper_case_suffixes_and_a_corrupt_parquet(tmp_path):
+    pd.DataFrame({"user_id": [1], "item_id": [2]}).to_parquet(tmp_path / "v.PARQUET")
+    assert load_files(tmp_path / "v.PARQUET").interactions["item_id"].tolist() == [2]
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"bad\.parquet: not a readable parquet file"):
+        load_files(tmp_path / "bad.parquet")
+
+
+def test_a_users_table_that_matches_no_member_is_an_error(tmp_path, caplog):
+    pd.DataFrame({"user_id": ["1", "2"], "item_id": [5, 6]}).to_parquet(tmp_path / "v.parquet")
+    write(tmp_path, "users.csv", "user_id,age\n1,30\n2,40\n")
+    with pytest.raises(DataError, match="no member id is in the users table"):
+        validate_raw(load_files(tmp_path / "v.parquet", users=tmp_path / "users.csv"))
+    write(tmp_path, "some.csv", "user_id,age\n1,30\n")
+    pd.DataFrame({"user_id": [1, 2], "item_id": [5, 6]}).to_parquet(tmp_path / "w.parquet")
+    with caplog.at_level(logging.WARNING):
+        validate_raw(load_files(tmp_path / "w.parquet", users=tmp_path / "some.csv"))
+    assert "1 of 2 members have no row in the users table" in caplog.text
+
+
+def test_an_unknown_movielens_variant_is_a_clear_error_with_a_cache(tmp_path):
+    with pytest.raises(DataError, match="Unknown MovieLens variant 'ml-100K'"):
+        prepare_dataset(MovieLensSource(variant="ml-100K"), cache_dir=tmp_path)

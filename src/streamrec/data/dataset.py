@@ -23,7 +23,7 @@ from streamrec.data.schema import ITEM, ITEM_ID, USER, USER_ID, IdMap, RawData
 from streamrec.data.splits import TEST, TRAIN, VAL, SplitSpec, assign_parts
 
 PARTS = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whole-number float ids as integers, sub-second time order
 
 
 @dataclass
@@ -122,8 +122,14 @@ class SplitData:
             meta = {"format_version": FORMAT_VERSION, "name": self.name, "report": self.report}
             (tmp / "meta.json").write_text(json.dumps(meta))
             if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+            try:
+                tmp.rename(directory)
+            except OSError:
+                if not (directory / "meta.json").exists():
+                    raise
+                # Another process cached the same key meanwhile (same inputs, same data): keep theirs.
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -28,13 +28,19 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
         raise DataError(f"{path}: file not found. Check the path in your data config.")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty. Point the config at a file with a header and rows.")
-    if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable parquet file ({err}).") from err
     if sep is None:
-        sep = "\t" if path.suffix in (".tsv", ".dat", ".tab") else ","
+        sep = "\t" if suffix in (".tsv", ".dat", ".tab") else ","
     try:
-        # QUOTE_NONE: titles like `"Weird Al" Yankovic` in real logs are data, not quoting.
-        frame = pd.read_csv(path, sep=sep, encoding=encoding, quoting=csv.QUOTE_NONE)
+        # Comma files quote as RFC 4180 (`"American President, The (1995)"`, as pandas, Excel and
+        # R write them); in tab-separated logs quotes are data (Last.fm's `"Weird Al" Yankovic`).
+        quoting = csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
+        frame = pd.read_csv(path, sep=sep, encoding=encoding, quoting=quoting)
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: the file is empty ({err}).") from err
     except pd.errors.ParserError as err:
@@ -77,11 +83,19 @@ def load_files(
             "title_id", "timestamp": "ts", "watch_fraction": "pct"}``; unmapped columns
             that already carry a canonical name are used as they are.
         items, users: optional tables; ``item_columns`` / ``user_columns`` map their columns.
-        sep: field separator; default from the extension (tab for .tsv/.dat, comma else).
+        sep: field separator; default from the extension (tab for .tsv/.dat/.tab, comma
+            else). Comma-separated files use standard CSV quoting; with any other
+            separator quotes are read as data.
         keep_columns: keep columns that are not canonical (default: drop them).
     """
     inter_path = Path(interactions).expanduser()
     inter = _rename(read_table(inter_path, sep, encoding), columns, inter_path)
+    missing = [c for c in (USER_ID, ITEM_ID) if c not in inter.columns]
+    if missing:  # checked here, while the message can still list the file's own columns
+        raise DataError(
+            f"{inter_path}: missing column(s) {missing}; found {list(inter.columns)}. Map your column names to "
+            "the canonical ones with `columns`, e.g. columns={user_id: member, item_id: title_id}."
+        )
     if not keep_columns:
         inter = inter[[c for c in inter.columns if c in INTERACTION_COLUMNS]]
     origin = {"interactions": str(inter_path)}

@@ -16,6 +16,7 @@ the error names the file, the column and the first offending row, and says how t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -94,15 +97,18 @@ def validate_raw(data: RawData) -> RawData:
                 "Every interaction needs a user and an item id: fix or remove those rows."
             )
     inter = inter.copy()
+    for col in (USER_ID, ITEM_ID):
+        inter[col] = _canonical_ids(inter, col, where)
+    exact_times = None
     if TIMESTAMP in inter.columns:
-        inter[TIMESTAMP] = _to_unix_seconds(inter[TIMESTAMP], where)
+        inter[TIMESTAMP], exact_times = _to_unix_seconds(inter[TIMESTAMP], where)
     if RATING in inter.columns:
         rating = pd.to_numeric(inter[RATING], errors="coerce")
-        bad = rating.isna() | (rating < 0)
+        bad = rating.isna() | (rating < 0) | np.isinf(rating)
         if bad.any():
             raise DataError(
-                f"{where}: column '{RATING}' must be a non-negative number; "
-                f"{_first_bad_row(bad, inter)} is NaN, negative or not a number. "
+                f"{where}: column '{RATING}' must be a finite non-negative number; "
+                f"{_first_bad_row(bad, inter)} is NaN, negative, infinite or not a number. "
                 "Fix those rows, or drop the rating column mapping if it is not a rating."
             )
         inter[RATING] = rating.astype(np.float32)
@@ -133,6 +139,21 @@ def validate_raw(data: RawData) -> RawData:
     users = data.users
     if users is not None:
         users = _validate_unique_ids(users, USER_ID, data.where("users"), "users")
+        known = inter[USER_ID].isin(users[USER_ID])
+        if not known.any():
+            raise DataError(
+                f"{where}: no member id is in the users table {data.where('users')} (interactions: "
+                f"{inter[USER_ID].dtype} ids such as {inter[USER_ID].iloc[:3].tolist()}; users: "
+                f"{users[USER_ID].dtype} ids such as {users[USER_ID].iloc[:3].tolist()}). Give both files the "
+                "same member ids, of one type."
+            )
+        if not known.all():
+            log.warning("%s: %d of %d members have no row in the users table: their features are unknown",
+                        where, inter.loc[~known, USER_ID].nunique(), inter[USER_ID].nunique())
+    if exact_times is not None:
+        # Whole seconds are kept; rows are put in exact time order first, so every later
+        # ordering by time (stable, ties in row order) keeps the sub-second order.
+        inter = inter.iloc[np.argsort(exact_times, kind="stable")].reset_index(drop=True)
     return RawData(inter, items, users, data.name, data.origin)
 
 
@@ -164,6 +185,7 @@ def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str
             f"{where}: column '{id_col}' has empty values in "
             f"{_first_bad_row(table[id_col].isna(), table)}. Every row needs an id."
         )
+    table = table.assign(**{id_col: _canonical_ids(table, id_col, where)})
     dup = table[id_col].duplicated(keep=False)
     if dup.any():
         ids = table.loc[dup, id_col].unique()[:5].tolist()
@@ -175,30 +197,74 @@ def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str
     return table
 
 
-def _to_unix_seconds(column: pd.Series, where: str) -> pd.Series:
-    """Numbers are taken as unix seconds; strings and datetimes are parsed."""
+def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarray | None]:
+    """(whole unix seconds int64, the exact seconds where some have a fraction, else None).
+
+    Numbers are taken as unix seconds; strings and datetimes are parsed (in a column of
+    strings, those that are numbers are unix seconds too).
+    """
+    if pd.api.types.is_bool_dtype(column):
+        raise DataError(f"{where}: column '{TIMESTAMP}' holds booleans. Use unix seconds or an ISO 8601 string "
+                        "such as 2024-05-01T20:15:00Z.")
+    if pd.api.types.is_integer_dtype(column) and not column.isna().any():
+        return column.astype(np.int64), None
     if pd.api.types.is_datetime64_any_dtype(column):
-        parsed = column
+        exact = _datetime_seconds(column)
     elif pd.api.types.is_numeric_dtype(column):
-        bad = column.isna()
-        if bad.any():
+        exact = column.astype(np.float64)
+        empty, infinite = exact.isna(), np.isinf(exact)
+        if empty.any() or infinite.any():
+            what = "is empty" if empty.any() else "is infinite"
             raise DataError(
-                f"{where}: column '{TIMESTAMP}' is empty in {_first_bad_row(bad, column.to_frame())}. "
+                f"{where}: column '{TIMESTAMP}' {what} in {_first_bad_row(empty | infinite, column.to_frame())}. "
                 "Fill in the time of those interactions or drop the rows."
             )
-        return column.astype(np.int64)
     else:
-        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
-    bad = parsed.isna()
+        exact = pd.to_numeric(column, errors="coerce").astype(np.float64)
+        text = exact.isna() & column.notna()
+        if text.any():
+            exact[text] = _datetime_seconds(pd.to_datetime(column[text], errors="coerce", utc=True, format="mixed"))
+    bad = ~np.isfinite(exact)
     if bad.any():
         raise DataError(
             f"{where}: column '{TIMESTAMP}' could not be parsed as a time in "
             f"{_first_bad_row(bad, column.to_frame())}. Use unix seconds or an ISO 8601 "
             "string such as 2024-05-01T20:15:00Z."
         )
+    seconds = np.floor(exact).astype(np.int64)
+    return seconds, (exact.to_numpy() if (exact != seconds).any() else None)
+
+
+def _datetime_seconds(parsed: pd.Series) -> pd.Series:
+    """Unix seconds (float64, NaN for NaT) of a datetime column; naive times are UTC."""
     if parsed.dt.tz is None:
         parsed = parsed.dt.tz_localize("UTC")
-    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype(np.int64)
+    return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def _canonical_ids(table: pd.DataFrame, column: str, where: str) -> pd.Series:
+    """``table[column]`` as ids: integers or strings (float ids that are whole numbers,
+    as pandas makes of integer ids beside a missing one, become integers)."""
+    ids = table[column]
+    if pd.api.types.is_bool_dtype(ids):
+        raise DataError(f"{where}: column '{column}' holds booleans; ids must be integers or strings.")
+    if pd.api.types.is_float_dtype(ids):
+        values = ids.to_numpy()
+        whole = np.isfinite(values) & (values == np.floor(values))
+        if not whole.all():
+            raise DataError(
+                f"{where}: column '{column}' has numbers that are not whole in {_first_bad_row(~whole, table)}. "
+                "Ids must be integers or strings."
+            )
+        return ids.astype(np.int64)
+    if pd.api.types.is_object_dtype(ids) or pd.api.types.is_string_dtype(ids):
+        blank = ids.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+        if blank.any():
+            raise DataError(
+                f"{where}: column '{column}' has blank ids in {_first_bad_row(blank, table)}. "
+                "Every row needs an id: fix or remove those rows."
+            )
+    return ids
 
 
 class IdMap:

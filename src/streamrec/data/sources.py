@@ -12,7 +12,7 @@ from typing import Any, Mapping, Protocol
 
 from streamrec.data.files import load_files
 from streamrec.data.movielens import RELEASES, load_movielens
-from streamrec.data.schema import RawData
+from streamrec.data.schema import DataError, RawData
 from streamrec.data.simulator import SimulatorConfig, simulate
 
 
@@ -54,6 +54,9 @@ class MovieLensSource:
 
     def fingerprint(self) -> dict[str, Any]:
         if self.root is None:
+            if self.variant not in RELEASES:
+                raise DataError(f"Unknown MovieLens variant {self.variant!r}; choose one of {sorted(RELEASES)}, "
+                                "or pass root= a folder with the files.")
             return {"source": "movielens", "variant": self.variant, "md5": RELEASES[self.variant].md5}
         root = Path(self.root).expanduser()
         files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else []
