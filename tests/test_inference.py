@@ -120,6 +120,13 @@ def test_auto_factory_follows_catalogue_size():
         auto_factory(0)
 
 
+def test_product_quantizers_train_on_enough_points_for_their_codes(capfd):
+    vectors = np.random.default_rng(3).normal(size=(12_000, 16)).astype(np.float32)
+    index = build_index(vectors, "IVF16,PQ4", progress=False)  # 40 x 16 lists would leave 640 for 256 codes
+    assert index.ntotal == 12_000
+    assert "please provide at least" not in capfd.readouterr().err
+
+
 def test_bad_factory_string_is_a_clear_error():
     with pytest.raises(ValueError, match="factory string"):
         build_index(np.zeros((10, 4), np.float32), "NotAnIndex", progress=False)

@@ -113,6 +113,14 @@ def test_resume_continues_where_it_stopped(tmp_path):
     _, resumed = train(make_cfg(tmp_path, two))
     assert resumed["trainer"].current_epoch == 2
     assert resumed["trainer"].global_step == 2 * steps_after_one
+    # Exactly the uninterrupted run: same shuffles, history windows, dropout and negatives.
+    straight = TINY + ["eval.baselines=null", "trainer.max_epochs=2", "run_name=straight"]
+    train(make_cfg(tmp_path / "straight", straight))
+    final = torch.load(last, weights_only=False)
+    other = torch.load(tmp_path / "straight" / "checkpoints" / "straight" / "last.ckpt", weights_only=False)
+    assert final["epoch"] == other["epoch"] == 1
+    for name, value in final["state_dict"].items():
+        assert torch.equal(value, other["state_dict"][name]), name
 
 
 def test_last_checkpoint_is_the_last_epoch_and_resuming_keeps_the_runs_folder_and_best(tmp_path):
@@ -166,16 +174,31 @@ def test_ddp_two_cpu_processes(tmp_path):
     Lightning's DDP re-launches the command line for each rank, so this runs the script
     in a subprocess rather than inside pytest.
     """
+    from streamrec.cli import build_dataset
+    from streamrec.training import TwoTowerModule
+    from streamrec.training.train import evaluate_model
+
     root = Path(__file__).resolve().parents[1]
-    overrides = TINY + ["eval.baselines=null", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                        f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
-                        f"hydra.run.dir={tmp_path / 'run'}"]
+    tiny = TINY + ["eval.baselines=null", "data.source.n_users=203"]  # 187 validation members: an odd count
+    overrides = tiny + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"paths.root_dir={tmp_path}",
+                        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), *overrides], cwd=root,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size=2" in done.stdout + done.stderr or "GLOBAL_RANK: 1" in done.stdout + done.stderr
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+    # The validation metric that picked the checkpoint counts every member once, as one
+    # process does (a DistributedSampler pads an odd member list with a repeat).
+    cfg = make_cfg(tmp_path, tiny)
+    datamodule = instantiate(cfg.datamodule, _partial_=True)(data=build_dataset(cfg.data))
+    assert len(datamodule.eval_users("val")) % 2 == 1
+    best = json.loads((tmp_path / "checkpoints" / "last_run.json").read_text())["best_checkpoint"]
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    logged = next(value["best_model_score"] for key, value in state["callbacks"].items()
+                  if key.startswith("ModelCheckpoint{'monitor': 'val/ndcg@10'"))
+    alone = evaluate_model(TwoTowerModule.load_from_checkpoint(best, map_location="cpu"), datamodule, (10,), "val")
+    assert float(logged) == pytest.approx(alone["ndcg@10"], abs=1e-6)
 
 
 def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsys):

@@ -68,7 +68,8 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
                 chunk: int = 65536) -> faiss.Index:
     """An inner-product index over ``vectors`` [N, d] float32, ids ``0..N-1``.
 
-    IVF quantizers are trained on a random sample of ``40 x lists`` vectors.
+    Trained indexes (IVF, PQ) use a random sample of 40 vectors per centroid of their
+    largest k-means: ``40 x lists``, or ``40 x 256`` for 8-bit product-quantizer codes.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
@@ -82,7 +83,11 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
     if ivf is None:
         index = faiss.IndexIDMap2(index)  # Flat / HNSW store rows in order: map them to our ids
     if not index.is_trained:
-        points = min(n, IVF_TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 256))
+        # k-means wants ~40 points per centroid: per list for the coarse quantizer, per code
+        # (256 for 8 bits) for each PQ sub-quantizer; the larger need decides.
+        quantizer = faiss.downcast_index(ivf) if ivf is not None else index
+        codes = quantizer.pq.ksub if hasattr(quantizer, "pq") else 256
+        points = min(n, IVF_TRAIN_POINTS_PER_LIST * max(ivf.nlist if ivf is not None else 0, codes))
         if ivf is not None:
             if n < ivf.nlist:
                 raise ValueError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}; "

@@ -1,4 +1,4 @@
-"""Callbacks: the training-curve picture saved beside the checkpoints."""
+"""Callbacks: the training-curve picture saved beside the checkpoints; random state in checkpoints."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 
 class TrainingCurve(pl.Callback):
@@ -59,3 +60,22 @@ class TrainingCurve(pl.Callback):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+class RandomState(pl.Callback):
+    """Keeps torch's random number generators in checkpoints and restores them on resume.
+
+    Shuffling, dropout and sampled negatives draw from them; with this (and the data
+    module's own generator, saved by its ``state_dict``) a run resumed from ``last.ckpt``
+    trains exactly as the uninterrupted run would. Loading weights alone
+    (``load_from_checkpoint``) leaves the generators as they are.
+    """
+
+    def state_dict(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -203,6 +203,15 @@ class RetrievalDataModule(pl.LightningDataModule):
         return batch
 
     # -- Lightning hooks -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the generator that draws history windows, so a resumed run
+        draws what the uninterrupted one would."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "rng" in state_dict:
+            self.rng.bit_generator.state = state_dict["rng"]
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(range(len(self.train_log.item)), batch_size=self.batch_size, shuffle=True,
                           collate_fn=self.train_batch, drop_last=len(self.train_log.item) > self.batch_size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -107,11 +108,16 @@ class TwoTowerModule(pl.LightningModule):
                 ids = torch.cat([target, extra])
             log_q = mixture_log_q(self.item_probability, len(target), hp.num_uniform_negatives)[ids]
             loss = self.sampled_loss(query, self.model.item_vectors(ids), ids, log_q)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        # The step value is this process's (for the progress bar); the epoch mean is over
+        # every process, synced once at the epoch's end.
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(target))
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=len(target), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self._item_vectors = self.model.all_item_vectors()
+        self._val_members: list[np.ndarray] = []
+        self._val_values: list[np.ndarray] = []
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         ks = sorted(self.hparams.eval_ks)
@@ -125,16 +131,37 @@ class TwoTowerModule(pl.LightningModule):
         # Padding (-1) in both `top` and `targets` must never match.
         hits = ((top.unsqueeze(-1) == targets.unsqueeze(1)) & (targets >= 0).unsqueeze(1)).any(-1)
         n_relevant = (targets >= 0).sum(1)
-        size = len(top)
+        values = []
         for k in ks:
             k_hits = hits[:, :k]
-            self.log(f"val/ndcg@{k}", ndcg_at_k(k_hits, n_relevant, k_hits.shape[1]).mean(), prog_bar=k == ks[0],
-                     batch_size=size, sync_dist=True)
-            self.log(f"val/recall@{k}", recall_at_k(k_hits, n_relevant, k_hits.shape[1]).mean(), batch_size=size,
-                     sync_dist=True)
+            values += [ndcg_at_k(k_hits, n_relevant, k_hits.shape[1]), recall_at_k(k_hits, n_relevant, k_hits.shape[1])]
+        self._val_members.append(batch["user"].cpu().numpy())
+        self._val_values.append(torch.stack(values, 1).double().cpu().numpy())
 
     def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics: means over the members, each counted once.
+
+        Under DDP, Lightning's DistributedSampler pads the member list by repeating its first
+        members so that every process gets as many; averaging per process would count those
+        twice, making the metric that picks checkpoints depend on the number of processes.
+        So every process's (member, values) are gathered and the repeats dropped.
+        """
         self._item_vectors = None
+        members = np.concatenate(self._val_members) if self._val_members else np.zeros(0, np.int64)
+        values = np.concatenate(self._val_values) if self._val_values else np.zeros((0, 2 * len(self.hparams.eval_ks)))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (members, values))
+            members = np.concatenate([m for m, _ in gathered])
+            values = np.concatenate([v for _, v in gathered])
+        if not len(members):
+            return
+        _, first = np.unique(members, return_index=True)
+        means = values[first].mean(axis=0)
+        ks = sorted(self.hparams.eval_ks)
+        for i, k in enumerate(ks):
+            self.log(f"val/ndcg@{k}", float(means[2 * i]), prog_bar=k == ks[0])
+            self.log(f"val/recall@{k}", float(means[2 * i + 1]))
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
