@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamrec.data import (DataError, FileSource, MovieLensSource, Preprocessing, RawData, SplitSpec, load_files,
-                            prepare_dataset, validate_raw)
+from streamrec.data import (DataError, FileSource, MovieLensSource, Preprocessing, RawData, SimulatorSource,
+                            SplitSpec, load_files, prepare_dataset, validate_raw)
 from streamrec.data.dataset import SplitData, index_and_split
 from streamrec.data.preprocessing import preprocess
 
@@ -61,6 +61,8 @@ def test_parquet_round_trip_and_catalogue_keeps_unwatched_titles(tmp_path):
         ("user_id,item_id,rating\n1,2,inf\n", None, "NaN, negative, infinite or not a number"),
         ("user_id,item_id\n1,10.5\n", None, "column 'item_id' has numbers that are not whole"),
         ('user_id,item_id\n1," "\n', None, "column 'item_id' has blank ids"),
+        ("user_id,item_id\n1,1e19\n", None, "not whole (or beyond int64)"),
+        ('user_id,item_id,title\n1,2,"Heroes\n', None, "a field that opens a quote and does not close it"),
     ],
 )
 def test_bad_interactions_name_the_file_and_problem(tmp_path, text, columns, message):
@@ -173,3 +175,23 @@ def test_a_users_table_that_matches_no_member_is_an_error(tmp_path, caplog):
 def test_an_unknown_movielens_variant_is_a_clear_error_with_a_cache(tmp_path):
     with pytest.raises(DataError, match="Unknown MovieLens variant 'ml-100K'"):
         prepare_dataset(MovieLensSource(variant="ml-100K"), cache_dir=tmp_path)
+
+
+def test_date_strings_stay_dates_and_boolean_ids_are_refused():
+    views = pd.DataFrame({"user_id": [1, 1], "item_id": [2, 3], "timestamp": ["20240501", "2024-05-02T00:00:00Z"]})
+    assert validate_raw(RawData(views)).interactions["timestamp"].tolist() == [1714521600, 1714608000]
+    flags = pd.DataFrame({"user_id": [1, 1], "item_id": pd.Series([True, "a"], dtype=object)})
+    with pytest.raises(DataError, match="column 'item_id' has booleans"):
+        validate_raw(RawData(flags))
+
+
+def test_the_cache_keeps_a_copy_another_process_wrote(tmp_path):
+    source = SimulatorSource(n_users=50, n_items=100, n_interactions=600)
+    first = prepare_dataset(source, cache_dir=tmp_path)
+    (target,) = (tmp_path / "processed").iterdir()
+    marker = target / "written-by-the-first-process"
+    marker.touch()
+    first.save(target, replace=False)  # a second process finishing the same key later
+    assert marker.exists() and SplitData.load(target).item_map == first.item_map
+    first.save(target)  # an explicit save replaces
+    assert not marker.exists()

@@ -388,8 +388,8 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"diversity": 1.5}, r"diversity: expected a number in \[0, 1\]"),
     ({"filters": {"genres": "Comedy"}}, r"filters\['genres'\]: expected a list"),
     ({"history": np.array(1000)}, "history: expected a sequence of item ids, got a 0-d array"),
-    ({"timestamps": 5.0}, r"timestamps \(history\): expected one number per history item, got float"),
-    ({"watch_fractions": 0.5}, r"watch_fractions \(history\): expected one number per history item"),
+    ({"timestamps": 5.0}, r"timestamps \(history\): expected a sequence of numbers \(one per history item\), got fl"),
+    ({"watch_fractions": 0.5}, r"watch_fractions \(history\): expected a sequence of numbers"),
     ({"now": True}, "now: expected unix seconds"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
@@ -424,7 +424,7 @@ def test_searching_queries_of_the_wrong_shape_is_refused(recommender):
 def test_batch_argument_lengths_must_match(recommender):
     with pytest.raises(ValueError, match="devices: 1 entries for 2 histories"):
         recommender.recommend_batch([[1000], [1001]], devices=["tv"])
-    with pytest.raises(ValueError, match="timestamps: expected one entry per history, got float"):
+    with pytest.raises(ValueError, match="timestamps: expected a sequence with one entry per history, got float"):
         recommender.recommend_batch([[1000], [1001]], timestamps=5.0)
 
 
@@ -857,19 +857,40 @@ def test_add_items_accepts_missing_genres(artifact):
 
 @pytest.mark.parametrize("items, message", [
     ([{"item_id": 7200, "title": "One genre", "genres": "Comedy", "year": 2020.0}],
-     r"items\.genres\[0\]: expected a list \(e\.g\. \['Comedy'\]\), got str"),
+     r"items\.genres\[0\]: expected a list of values \(e\.g\. \['Comedy'\]\), got str"),
     ([{"item_id": 2**63, "title": "Too big"}], r"items\.item_id\[0\]: 9223372036854775808 does not fit"),
     ([{"item_id": 7300}, {"item_id": None}], r"items\.item_id\[1\]: item ids of this catalogue are integers, "
                                              r"got None"),
     ([{"item_id": 7300}, {"title": "no id"}], r"items\[1\]: an 'item_id' is required"),
     (pd.DataFrame({"item_id": [7300, None]}), r"items\.item_id: a float column"),
-    ([7300], r"items\[0\]: expected a mapping"),
-    ("7300", "items: expected a DataFrame or a list of mappings"),
+    ([7300], r"items: an 'item_id' column is required; got \[0\]"),
+    ("7300", r"items: expected a DataFrame or a list of records \(mappings\)"),
 ])
 def test_add_items_refuses_bad_items_naming_them(recommender, items, message):
     with pytest.raises(ValueError, match=message):
         recommender.add_items(items)
     assert recommender.n_items == N_ITEMS and 7200 not in recommender and 7300 not in recommender
+
+
+def test_array_likes_serve_like_lists(recommender):
+    history, times, watch = [1005, 1006, 1007], [1e9, 1e9 + 60, 1e9 + 120], [0.5, 1.0, 0.25]
+    expected = recommender.recommend(history, k=5, timestamps=times, watch_fractions=watch)
+    as_series = recommender.recommend(history, k=5, timestamps=pd.Series(times, index=[7, 8, 9]),
+                                      watch_fractions=torch.tensor(watch))
+    assert (as_series.item_ids, as_series.scores) == (expected.item_ids, expected.scores)
+    batch = recommender.recommend_batch([history, history[:1]], k=5, devices=pd.Series(["tv", "mobile"], index=[5, 6]),
+                                        timestamps=pd.Series([times, times[:1]], index=[3, 4]))
+    one = recommender.recommend(history[:1], k=5, device="mobile", timestamps=times[:1])
+    assert batch[1].item_ids == one.item_ids
+
+
+def test_add_items_takes_rows_of_any_record_type(recommender):
+    frame = pd.DataFrame({"item_id": np.array([7400], dtype=np.uint64), "title": ["Row"], "year": [2020.0]})
+    frame["genres"] = [{"Drama", "Comedy"}]
+    assert recommender.add_items([row for _, row in frame.iterrows()]) == [7400]
+    assert type(recommender.add_items([{"item_id": np.uint64(7401), "title": "Dict"}])[0]) is int
+    added = recommender.similar_items(7401, k=recommender.n_items)
+    assert next(r for r in added if r.item_id == 7400).metadata["genres"] == ["Comedy", "Drama"]
 
 
 def test_add_items_of_nothing_and_remove_items_of_one_id(recommender):

@@ -143,6 +143,36 @@ def test_last_checkpoint_is_the_last_epoch_and_resuming_keeps_the_runs_folder_an
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == [cfg.run_name]
 
 
+def test_validation_counts_a_repeated_member_once(tmp_path):
+    # Lightning's DistributedSampler pads an odd member list with repeats; one process
+    # fed the same repeats must give the metric of the members alone.
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    _, objects = train(make_cfg(tmp_path, TINY + ["eval.baselines=null", "trainer.max_epochs=1"]))
+    module, datamodule = objects["module"], objects["datamodule"]
+    users = datamodule.eval_users("val").tolist()
+
+    def validate(members):
+        loader = DataLoader(members, batch_size=16, collate_fn=lambda batch: datamodule.eval_batch(batch, "val"))
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        return trainer.validate(module, dataloaders=loader, verbose=False)[0]
+
+    alone, padded = validate(users), validate(users + users[:5])
+    assert padded == pytest.approx(alone, abs=1e-7)
+    assert alone["val/ndcg@10"] > 0
+
+
+def test_a_checkpoint_from_elsewhere_starts_a_new_run_folder(tmp_path):
+    from streamrec.training.train import _checkpoint_run
+
+    runs = tmp_path / "checkpoints"
+    assert _checkpoint_run(str(runs / "train-1" / "last.ckpt"), str(runs), "new") == "train-1"
+    assert _checkpoint_run(str(tmp_path / "downloads" / "model.ckpt"), str(runs), "new") == "new"
+    assert _checkpoint_run("last", str(runs), "new") == "new"
+    assert _checkpoint_run(None, str(runs), "new") == "new"
+
+
 def test_cold_start_split_reports_content_only_recall(tmp_path):
     cfg = make_cfg(tmp_path, TINY + ["eval.baselines=null", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
     metrics, objects = train(cfg)

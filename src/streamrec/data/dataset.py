@@ -107,9 +107,15 @@ class SplitData:
             "density": n / max(1, self.n_users * self.n_items),
         }
 
-    def save(self, directory: str | Path) -> None:
-        """Write to ``directory`` atomically (a temporary folder renamed into place)."""
+    def save(self, directory: str | Path, replace: bool = True) -> None:
+        """Write to ``directory`` atomically (a temporary folder renamed into place).
+
+        ``replace=False`` (a cache): a complete copy already there, e.g. written by another
+        process meanwhile, is kept and this one dropped.
+        """
         directory = Path(directory)
+        if not replace and (directory / "meta.json").exists():
+            return
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         try:
@@ -121,15 +127,14 @@ class SplitData:
             self.item_map.save(tmp / "item_map.json")
             meta = {"format_version": FORMAT_VERSION, "name": self.name, "report": self.report}
             (tmp / "meta.json").write_text(json.dumps(meta))
-            if directory.exists():
-                shutil.rmtree(directory, ignore_errors=True)
+            if directory.exists() and (replace or not (directory / "meta.json").exists()):
+                shutil.rmtree(directory, ignore_errors=True)  # replace=False: only a broken leftover
             try:
                 tmp.rename(directory)
             except OSError:
-                if not (directory / "meta.json").exists():
+                if replace or not (directory / "meta.json").exists():
                     raise
-                # Another process cached the same key meanwhile (same inputs, same data): keep theirs.
-                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # another process's copy landed first: keep it
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

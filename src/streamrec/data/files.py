@@ -44,7 +44,10 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: the file is empty ({err}).") from err
     except pd.errors.ParserError as err:
-        raise DataError(f"{path}: could not be parsed with separator {sep!r} ({err}). Set `sep`.") from err
+        quoting_hint = (" or a field that opens a quote and does not close it (comma files use standard CSV "
+                        "quoting: write a quote inside a quoted field as two)") if sep == "," else ""
+        raise DataError(f"{path}: could not be parsed with separator {sep!r} ({err}). Check the separator (`sep`)"
+                        f"{quoting_hint}.") from err
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid {encoding} ({err}). Set `encoding`, e.g. latin-1.") from err
     if frame.empty:

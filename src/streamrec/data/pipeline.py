@@ -57,6 +57,6 @@ def prepare_dataset(
     data = index_and_split(raw, split, report)
     log.info("%s: %s", data.name, data.summary())
     if target is not None:
-        data.save(target)
+        data.save(target, replace=False)  # same key, same data: a copy another process wrote stays
         log.info("cached processed data in %s", target)
     return data

@@ -201,7 +201,8 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
     """(whole unix seconds int64, the exact seconds where some have a fraction, else None).
 
     Numbers are taken as unix seconds; strings and datetimes are parsed (in a column of
-    strings, those that are numbers are unix seconds too).
+    strings, those that no date format reads but that are numbers are unix seconds, so a
+    CSV column of seconds made text by one bad cell points at that cell).
     """
     if pd.api.types.is_bool_dtype(column):
         raise DataError(f"{where}: column '{TIMESTAMP}' holds booleans. Use unix seconds or an ISO 8601 string "
@@ -219,11 +220,11 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
                 f"{where}: column '{TIMESTAMP}' {what} in {_first_bad_row(empty | infinite, column.to_frame())}. "
                 "Fill in the time of those interactions or drop the rows."
             )
-    else:
-        exact = pd.to_numeric(column, errors="coerce").astype(np.float64)
-        text = exact.isna() & column.notna()
-        if text.any():
-            exact[text] = _datetime_seconds(pd.to_datetime(column[text], errors="coerce", utc=True, format="mixed"))
+    else:  # text: dates first ("20240501" is a date); what no date reading takes may be unix seconds
+        exact = _datetime_seconds(pd.to_datetime(column, errors="coerce", utc=True, format="mixed"))
+        rest = exact.isna() & column.notna()
+        if rest.any():
+            exact[rest] = pd.to_numeric(column[rest], errors="coerce").astype(np.float64)
     bad = ~np.isfinite(exact)
     if bad.any():
         raise DataError(
@@ -249,21 +250,23 @@ def _canonical_ids(table: pd.DataFrame, column: str, where: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(ids):
         raise DataError(f"{where}: column '{column}' holds booleans; ids must be integers or strings.")
     if pd.api.types.is_float_dtype(ids):
-        values = ids.to_numpy()
-        whole = np.isfinite(values) & (values == np.floor(values))
+        values = ids.to_numpy(dtype=np.float64)
+        whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
         if not whole.all():
             raise DataError(
-                f"{where}: column '{column}' has numbers that are not whole in {_first_bad_row(~whole, table)}. "
-                "Ids must be integers or strings."
+                f"{where}: column '{column}' has numbers that are not whole (or beyond int64) in "
+                f"{_first_bad_row(~whole, table)}. Ids must be integers or strings."
             )
         return ids.astype(np.int64)
     if pd.api.types.is_object_dtype(ids) or pd.api.types.is_string_dtype(ids):
-        blank = ids.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
-        if blank.any():
-            raise DataError(
-                f"{where}: column '{column}' has blank ids in {_first_bad_row(blank, table)}. "
-                "Every row needs an id: fix or remove those rows."
-            )
+        for bad, what in ((lambda v: isinstance(v, str) and not v.strip(), "blank ids"),
+                          (lambda v: isinstance(v, (bool, np.bool_)), "booleans")):
+            rows = ids.map(bad).to_numpy(dtype=bool)
+            if rows.any():
+                raise DataError(
+                    f"{where}: column '{column}' has {what} in {_first_bad_row(rows, table)}. "
+                    "Every row needs an id, an integer or a string: fix or remove those rows."
+                )
     return ids
 
 

@@ -85,9 +85,11 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
     if not index.is_trained:
         # k-means wants ~40 points per centroid: per list for the coarse quantizer, per code
         # (256 for 8 bits) for each PQ sub-quantizer; the larger need decides.
-        quantizer = faiss.downcast_index(ivf) if ivf is not None else index
-        codes = quantizer.pq.ksub if hasattr(quantizer, "pq") else 256
-        points = min(n, IVF_TRAIN_POINTS_PER_LIST * max(ivf.nlist if ivf is not None else 0, codes))
+        centroids = ivf.nlist if ivf is not None else 256
+        quantizer = faiss.downcast_index(ivf) if ivf is not None else None
+        if hasattr(quantizer, "pq"):
+            centroids = max(centroids, quantizer.pq.ksub)
+        points = min(n, IVF_TRAIN_POINTS_PER_LIST * centroids)
         if ivf is not None:
             if n < ivf.nlist:
                 raise ValueError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}; "

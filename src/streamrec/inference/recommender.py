@@ -377,16 +377,22 @@ class Recommender:
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
         b = len(histories)
-        if isinstance(now, np.ndarray):
+        if isinstance(now, (np.ndarray, pd.Series)):
             now = now.tolist()
         per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
                       "devices": devices, "now": now if isinstance(now, Sequence) else None}
         for name, values in per_member.items():
-            if values is not None and (isinstance(values, (str, bytes, Mapping))
-                                       or not isinstance(values, (Sequence, np.ndarray))):
-                raise ValueError(f"{name}: expected one entry per history, got {_described(values)}.")
-            if values is not None and len(values) != b:
+            if values is None:
+                continue
+            if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") \
+                    or getattr(values, "ndim", 1) == 0:
+                raise ValueError(f"{name}: expected a sequence with one entry per history, got {_described(values)}.")
+            if len(values) != b:
                 raise ValueError(f"{name}: {len(values)} entries for {b} histories; give one per member.")
+        # Read by position (a pandas Series would index by label).
+        timestamps, watch_fractions, member_features, devices = (
+            values if values is None or isinstance(values, list) else list(values)
+            for values in (timestamps, watch_fractions, member_features, devices))
         catalogue = self._catalogue
         requests = [
             self._request(
@@ -434,25 +440,32 @@ class Recommender:
         (``genres`` list, ``year``, ``title``, ``text``) and any metadata to return.
         Returns the added ids. Ids already in the catalogue raise ``ValueError``.
         """
+        ids = None
         if isinstance(items, pd.DataFrame):
             frame = items.reset_index(drop=True)
+        else:
+            if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+                raise ValueError(f"items: expected a DataFrame or a list of records (mappings), "
+                                 f"got {_described(items)}.")
+            records = list(items)
+            try:
+                frame = pd.DataFrame(records)  # mappings, Series, dataclasses, named tuples
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"items: expected a DataFrame or a list of records (mappings) ({error}).") from None
+            if records and all(isinstance(record, Mapping) for record in records):
+                for i, record in enumerate(records):
+                    if "item_id" not in record:
+                        raise ValueError(f"items[{i}]: an 'item_id' is required.")
+                # From the records: pandas makes floats of integer ids beside a missing one.
+                ids = [_plain(record["item_id"]) for record in records]
+        if ids is None and len(frame):
             if "item_id" not in frame.columns:
-                raise ValueError("items: an 'item_id' column is required.")
+                raise ValueError(f"items: an 'item_id' column is required; got {list(frame.columns)}.")
             if self._id_kind == "int" and frame["item_id"].dtype.kind == "f":
                 raise ValueError("items.item_id: a float column (pandas makes one of integer ids beside a missing "
                                  "one); give every title an integer id.")
-            ids = frame["item_id"].tolist()
-        else:
-            if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
-                raise ValueError(f"items: expected a DataFrame or a list of mappings, got {_described(items)}.")
-            records = list(items)
-            for i, record in enumerate(records):
-                if not isinstance(record, Mapping):
-                    raise ValueError(f"items[{i}]: expected a mapping of column -> value, got {_described(record)}.")
-                if "item_id" not in record:
-                    raise ValueError(f"items[{i}]: an 'item_id' is required.")
-            ids = [record["item_id"] for record in records]  # before pandas makes floats of ints beside a None
-            frame = pd.DataFrame(records)
+        if ids is None:
+            ids = frame["item_id"].tolist() if len(frame) else []
         bounds = np.iinfo(self._catalogue.item_ids.dtype) if self._id_kind == "int" else None
         for i, item_id in enumerate(ids):
             self._check_id(item_id, f"items.item_id[{i}]")
@@ -463,12 +476,17 @@ class Recommender:
             raise ValueError("items: duplicate item_id values.")
         if not ids:
             return []
-        for column in ("genres", *self._catalogue.table.lists):  # list columns: a list (or missing) per title
+        for column in dict.fromkeys(("genres", *self._catalogue.table.lists)):  # a list (or missing) per title
             if column in frame.columns:
-                for i, value in enumerate(frame[column].tolist()):
-                    if not isinstance(value, (list, tuple, np.ndarray)) and not _missing(value):
-                        raise ValueError(f"items.{column}[{i}]: expected a list (e.g. [{value!r}]), "
+                values = frame[column].tolist()
+                for i, value in enumerate(values):
+                    if isinstance(value, (set, frozenset)):
+                        values[i] = sorted(value, key=str)
+                    elif not isinstance(value, (list, tuple, np.ndarray)) and not _missing(value):
+                        hint = f" (e.g. [{value!r}])" if isinstance(value, str) else ""
+                        raise ValueError(f"items.{column}[{i}]: expected a list of values{hint}, "
                                          f"got {_described(value)}.")
+                frame = frame.assign(**{column: values})
         vectors = self._embed(frame)
         with self._write_lock:
             old = self._catalogue
@@ -945,9 +963,10 @@ def _check_diversity(diversity: Any) -> None:
 
 
 def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) \
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") \
             or getattr(values, "ndim", 1) != 1:
-        raise ValueError(f"{what} ({name}): expected one number per history item, got {_described(values)}.")
+        raise ValueError(f"{what} ({name}): expected a sequence of numbers (one per history item), "
+                         f"got {_described(values)}.")
     if len(values) != n:
         raise ValueError(f"{what} ({name}): {len(values)} values for {n} history items; give one per item.")
     try:
@@ -966,6 +985,11 @@ def _described(value: Any) -> str:
         return f"a {value.ndim}-d array"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value (ids are returned as Python ints / strs)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _missing(value: Any) -> bool:

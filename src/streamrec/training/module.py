@@ -159,9 +159,11 @@ class TwoTowerModule(pl.LightningModule):
         _, first = np.unique(members, return_index=True)
         means = values[first].mean(axis=0)
         ks = sorted(self.hparams.eval_ks)
+        # The same value on every process: sync_dist averages equal numbers (and keeps
+        # Lightning from warning that an epoch-level metric is not synced).
         for i, k in enumerate(ks):
-            self.log(f"val/ndcg@{k}", float(means[2 * i]), prog_bar=k == ks[0])
-            self.log(f"val/recall@{k}", float(means[2 * i + 1]))
+            self.log(f"val/ndcg@{k}", float(means[2 * i]), prog_bar=k == ks[0], sync_dist=True)
+            self.log(f"val/recall@{k}", float(means[2 * i + 1]), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))

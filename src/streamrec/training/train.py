@@ -31,13 +31,18 @@ from streamrec.training.module import TwoTowerModule
 log = logging.getLogger(__name__)
 
 
-def _checkpoint_run(ckpt_path: str | None, new_name: str) -> str:
-    """``run_name``'s default: the run folder of the checkpoint resumed from, else a new name.
+def _checkpoint_run(ckpt_path: str | None, checkpoint_dir: str, new_name: str) -> str:
+    """``run_name``'s default: the run folder of a checkpoint resumed from ``checkpoint_dir``,
+    else a new name.
 
     A resumed run keeps writing into its own folder, so its best checkpoint so far (kept in
-    that folder's checkpoint state) still competes with the epochs that follow.
+    that folder's checkpoint state) still competes with the epochs that follow. A
+    checkpoint from elsewhere (or Lightning's ``last`` / ``best``) starts a new folder.
     """
-    return (Path(ckpt_path).parent.name if ckpt_path else "") or new_name  # "last" etc.: Lightning's own names
+    if not ckpt_path:
+        return new_name
+    run = Path(ckpt_path).expanduser().resolve().parent
+    return run.name if run.parent == Path(checkpoint_dir).expanduser().resolve() else new_name
 
 
 OmegaConf.register_new_resolver("checkpoint_run", _checkpoint_run, use_cache=True, replace=True)
