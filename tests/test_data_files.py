@@ -177,12 +177,39 @@ def test_an_unknown_movielens_variant_is_a_clear_error_with_a_cache(tmp_path):
         prepare_dataset(MovieLensSource(variant="ml-100K"), cache_dir=tmp_path)
 
 
-def test_date_strings_stay_dates_and_boolean_ids_are_refused():
-    views = pd.DataFrame({"user_id": [1, 1], "item_id": [2, 3], "timestamp": ["20240501", "2024-05-02T00:00:00Z"]})
-    assert validate_raw(RawData(views)).interactions["timestamp"].tolist() == [1714521600, 1714608000]
+@pytest.mark.parametrize("times, seconds", [
+    (["20240501", "2024-05-02T00:00:00Z"], [1714521600, 1714608000]),  # dates first
+    ([1700000000, "2024-05-02"], [1700000000, 1714608000]),  # numbers in an object column are seconds
+    (["1000", "2000"], [1000, 946684800]),  # a year pandas cannot hold is not a date
+    (["1700000000.5", "2024-05-01 10:00"], [1700000000, 1714557600]),
+])
+def test_text_and_object_times(times, seconds):
+    views = pd.DataFrame({"user_id": [1, 1], "item_id": [2, 3], "timestamp": pd.Series(times, dtype=object)})
+    assert validate_raw(RawData(views)).interactions["timestamp"].tolist() == seconds
+
+
+def test_boolean_ids_are_refused():
     flags = pd.DataFrame({"user_id": [1, 1], "item_id": pd.Series([True, "a"], dtype=object)})
     with pytest.raises(DataError, match="column 'item_id' has booleans"):
         validate_raw(RawData(flags))
+
+
+def test_a_cache_written_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    import streamrec.data.pipeline as pipeline
+
+    source = SimulatorSource(n_users=50, n_items=100, n_interactions=600)
+    target = tmp_path / "processed" / pipeline.cache_key(source, Preprocessing(), SplitSpec())
+    split = pipeline.index_and_split
+
+    def other_process_finishes_first(*args, **kwargs):
+        data = split(*args, **kwargs)
+        data.save(target)
+        (target / "written-by-the-other-process").touch()
+        return data
+
+    monkeypatch.setattr(pipeline, "index_and_split", other_process_finishes_first)
+    prepare_dataset(source, cache_dir=tmp_path)
+    assert (target / "written-by-the-other-process").exists()
 
 
 def test_the_cache_keeps_a_copy_another_process_wrote(tmp_path):

@@ -120,11 +120,27 @@ def test_auto_factory_follows_catalogue_size():
         auto_factory(0)
 
 
-def test_product_quantizers_train_on_enough_points_for_their_codes(capfd):
-    vectors = np.random.default_rng(3).normal(size=(12_000, 16)).astype(np.float32)
-    index = build_index(vectors, "IVF16,PQ4", progress=False)  # 40 x 16 lists would leave 640 for 256 codes
-    assert index.ntotal == 12_000
-    assert "please provide at least" not in capfd.readouterr().err
+@pytest.mark.parametrize("factory, n, trained_on", [
+    ("IVF8,Flat", 5_000, 320),  # 40 per list
+    ("IVF16,PQ4", 12_000, 10_240),  # 40 per code of the 8-bit sub-quantizers, not 40 x 16 lists
+    ("PQ4x10", 45_000, 40_960),  # 1,024 codes
+    ("PQ4", 5_000, 5_000),  # fewer vectors than wanted: all of them
+])
+def test_trained_indexes_sample_40_points_per_centroid(monkeypatch, factory, n, trained_on):
+    import faiss
+
+    class Sampled(Exception):
+        pass
+
+    def train(self, x):  # record the sample and stop: the k-means itself is FAISS's
+        raise Sampled(len(x))
+
+    for cls in (faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIDMap2):
+        monkeypatch.setattr(cls, "train", train)
+    vectors = np.random.default_rng(3).normal(size=(n, 16)).astype(np.float32)
+    with pytest.raises(Sampled) as sampled:
+        build_index(vectors, factory, progress=False)
+    assert sampled.value.args == (trained_on,)
 
 
 def test_bad_factory_string_is_a_clear_error():
@@ -391,6 +407,7 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"timestamps": 5.0}, r"timestamps \(history\): expected a sequence of numbers \(one per history item\), got fl"),
     ({"watch_fractions": 0.5}, r"watch_fractions \(history\): expected a sequence of numbers"),
     ({"now": True}, "now: expected unix seconds"),
+    ({"timestamps": {2e9, 1e9}}, r"timestamps \(history\): expected a sequence of numbers"),  # a set has no order
 ])
 def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
     arguments = {"history": [1000, 1001], **kwargs}
@@ -862,7 +879,7 @@ def test_add_items_accepts_missing_genres(artifact):
     ([{"item_id": 7300}, {"item_id": None}], r"items\.item_id\[1\]: item ids of this catalogue are integers, "
                                              r"got None"),
     ([{"item_id": 7300}, {"title": "no id"}], r"items\[1\]: an 'item_id' is required"),
-    (pd.DataFrame({"item_id": [7300, None]}), r"items\.item_id: a float column"),
+    (pd.DataFrame({"item_id": [7300, None]}), r"items\.item_id\[1\]: nan is not an integer id"),
     ([7300], r"items: an 'item_id' column is required; got \[0\]"),
     ("7300", r"items: expected a DataFrame or a list of records \(mappings\)"),
 ])
@@ -882,6 +899,12 @@ def test_array_likes_serve_like_lists(recommender):
                                         timestamps=pd.Series([times, times[:1]], index=[3, 4]))
     one = recommender.recommend(history[:1], k=5, device="mobile", timestamps=times[:1])
     assert batch[1].item_ids == one.item_ids
+    pair = [history, history]
+    frame = recommender.recommend_batch(pair, k=5, timestamps=pd.DataFrame([times, times]),
+                                        now=pd.Series([2e9, 2e9], index=[9, 8]))
+    assert frame[0] == recommender.recommend(history, k=5, timestamps=times, now=2e9)
+    with pytest.raises(ValueError, match="devices: expected a sequence with one entry per history, got set"):
+        recommender.recommend_batch(pair, devices={"tv", "mobile"})
 
 
 def test_add_items_takes_rows_of_any_record_type(recommender):
@@ -889,6 +912,8 @@ def test_add_items_takes_rows_of_any_record_type(recommender):
     frame["genres"] = [{"Drama", "Comedy"}]
     assert recommender.add_items([row for _, row in frame.iterrows()]) == [7400]
     assert type(recommender.add_items([{"item_id": np.uint64(7401), "title": "Dict"}])[0]) is int
+    numeric = pd.DataFrame({"item_id": [7402], "year": [2020.0]})  # its rows are float Series
+    assert recommender.add_items([row for _, row in numeric.iterrows()]) == [7402]
     added = recommender.similar_items(7401, k=recommender.n_items)
     assert next(r for r in added if r.item_id == 7400).metadata["genres"] == ["Comedy", "Drama"]
 

@@ -171,6 +171,10 @@ def test_a_checkpoint_from_elsewhere_starts_a_new_run_folder(tmp_path):
     assert _checkpoint_run(str(tmp_path / "downloads" / "model.ckpt"), str(runs), "new") == "new"
     assert _checkpoint_run("last", str(runs), "new") == "new"
     assert _checkpoint_run(None, str(runs), "new") == "new"
+    (tmp_path / "other-disk").mkdir()
+    runs.mkdir()
+    (runs / "train-2").symlink_to(tmp_path / "other-disk")  # a run folder linked elsewhere is still that run
+    assert _checkpoint_run(str(runs / "train-2" / "last.ckpt"), str(runs), "new") == "train-2"
 
 
 def test_cold_start_split_reports_content_only_recall(tmp_path):
@@ -229,6 +233,7 @@ def test_ddp_two_cpu_processes(tmp_path):
                   if key.startswith("ModelCheckpoint{'monitor': 'val/ndcg@10'"))
     alone = evaluate_model(TwoTowerModule.load_from_checkpoint(best, map_location="cpu"), datamodule, (10,), "val")
     assert float(logged) == pytest.approx(alone["ndcg@10"], abs=1e-6)
+    assert "It is recommended to use `self.log('val/" not in done.stdout + done.stderr
 
 
 def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsys):

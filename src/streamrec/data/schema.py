@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -200,9 +201,9 @@ def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str
 def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarray | None]:
     """(whole unix seconds int64, the exact seconds where some have a fraction, else None).
 
-    Numbers are taken as unix seconds; strings and datetimes are parsed (in a column of
-    strings, those that no date format reads but that are numbers are unix seconds, so a
-    CSV column of seconds made text by one bad cell points at that cell).
+    Numbers are taken as unix seconds; strings and datetimes are parsed. A string that no
+    date format reads but that is a number is unix seconds, so a CSV column of seconds
+    made text by one bad cell points at that cell.
     """
     if pd.api.types.is_bool_dtype(column):
         raise DataError(f"{where}: column '{TIMESTAMP}' holds booleans. Use unix seconds or an ISO 8601 string "
@@ -220,11 +221,13 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
                 f"{where}: column '{TIMESTAMP}' {what} in {_first_bad_row(empty | infinite, column.to_frame())}. "
                 "Fill in the time of those interactions or drop the rows."
             )
-    else:  # text: dates first ("20240501" is a date); what no date reading takes may be unix seconds
-        exact = _datetime_seconds(pd.to_datetime(column, errors="coerce", utc=True, format="mixed"))
-        rest = exact.isna() & column.notna()
-        if rest.any():
-            exact[rest] = pd.to_numeric(column[rest], errors="coerce").astype(np.float64)
+    else:  # objects: numbers are unix seconds; text is a date ("20240501" too) or else unix seconds
+        text = column.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        exact = pd.Series(np.nan, index=column.index, dtype=np.float64)
+        exact[~text] = pd.to_numeric(column[~text], errors="coerce")
+        exact[text] = _date_seconds(column[text])
+        rest = text & exact.isna().to_numpy()
+        exact[rest] = pd.to_numeric(column[rest], errors="coerce")
     bad = ~np.isfinite(exact)
     if bad.any():
         raise DataError(
@@ -234,6 +237,21 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
         )
     seconds = np.floor(exact).astype(np.int64)
     return seconds, (exact.to_numpy() if (exact != seconds).any() else None)
+
+
+def _date_seconds(text: pd.Series) -> pd.Series:
+    """Unix seconds of ``text`` read as dates; NaN where it is none (or one pandas cannot hold)."""
+    try:
+        return _datetime_seconds(pd.to_datetime(text, errors="coerce", utc=True, format="mixed"))
+    except (OverflowError, ValueError):  # e.g. "1000" read as a year pandas cannot hold: one by one
+        return pd.Series([_one_date_seconds(value) for value in text], index=text.index, dtype=np.float64)
+
+
+def _one_date_seconds(value: str) -> float:
+    try:
+        return float(_datetime_seconds(pd.Series(pd.to_datetime([value], utc=True, format="mixed"))).iloc[0])
+    except (OverflowError, ValueError):
+        return math.nan
 
 
 def _datetime_seconds(parsed: pd.Series) -> pd.Series:

@@ -86,9 +86,9 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
         # k-means wants ~40 points per centroid: per list for the coarse quantizer, per code
         # (256 for 8 bits) for each PQ sub-quantizer; the larger need decides.
         centroids = ivf.nlist if ivf is not None else 256
-        quantizer = faiss.downcast_index(ivf) if ivf is not None else None
-        if hasattr(quantizer, "pq"):
-            centroids = max(centroids, quantizer.pq.ksub)
+        inner = faiss.downcast_index(ivf if ivf is not None else index.index)
+        if hasattr(inner, "pq"):
+            centroids = max(centroids, inner.pq.ksub)
         points = min(n, IVF_TRAIN_POINTS_PER_LIST * centroids)
         if ivf is not None:
             if n < ivf.nlist:

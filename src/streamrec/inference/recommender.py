@@ -384,14 +384,14 @@ class Recommender:
         for name, values in per_member.items():
             if values is None:
                 continue
-            if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") \
-                    or getattr(values, "ndim", 1) == 0:
+            if not _ordered(values) or getattr(values, "ndim", 1) == 0:
                 raise ValueError(f"{name}: expected a sequence with one entry per history, got {_described(values)}.")
             if len(values) != b:
                 raise ValueError(f"{name}: {len(values)} entries for {b} histories; give one per member.")
-        # Read by position (a pandas Series would index by label).
+        # Read by position (a pandas Series would index by label, a DataFrame iterate its columns).
         timestamps, watch_fractions, member_features, devices = (
-            values if values is None or isinstance(values, list) else list(values)
+            values if values is None or isinstance(values, list)
+            else list(values.to_numpy() if isinstance(values, pd.DataFrame) else values)
             for values in (timestamps, watch_fractions, member_features, devices))
         catalogue = self._catalogue
         requests = [
@@ -461,9 +461,13 @@ class Recommender:
         if ids is None and len(frame):
             if "item_id" not in frame.columns:
                 raise ValueError(f"items: an 'item_id' column is required; got {list(frame.columns)}.")
-            if self._id_kind == "int" and frame["item_id"].dtype.kind == "f":
-                raise ValueError("items.item_id: a float column (pandas makes one of integer ids beside a missing "
-                                 "one); give every title an integer id.")
+            if self._id_kind == "int" and frame["item_id"].dtype.kind == "f":  # e.g. rows of a numeric frame
+                values = frame["item_id"].to_numpy()
+                whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
+                if not whole.all():
+                    raise ValueError(f"items.item_id[{int(np.flatnonzero(~whole)[0])}]: {values[~whole][0]} is "
+                                     "not an integer id (a missing id makes pandas turn the others into floats).")
+                frame = frame.assign(item_id=values.astype(np.int64))
         if ids is None:
             ids = frame["item_id"].tolist() if len(frame) else []
         bounds = np.iinfo(self._catalogue.item_ids.dtype) if self._id_kind == "int" else None
@@ -963,8 +967,7 @@ def _check_diversity(diversity: Any) -> None:
 
 
 def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[float]:
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") \
-            or getattr(values, "ndim", 1) != 1:
+    if not _ordered(values) or getattr(values, "ndim", 1) != 1:
         raise ValueError(f"{what} ({name}): expected a sequence of numbers (one per history item), "
                          f"got {_described(values)}.")
     if len(values) != n:
@@ -985,6 +988,13 @@ def _described(value: Any) -> str:
         return f"a {value.ndim}-d array"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _ordered(values: Any) -> bool:
+    """A sequence or array of values in a meaningful order (not a string, mapping or set)."""
+    if isinstance(values, (str, bytes, Mapping)):
+        return False
+    return isinstance(values, Sequence) or (hasattr(values, "__array__") and hasattr(values, "__len__"))
 
 
 def _plain(value: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ def _checkpoint_run(ckpt_path: str | None, checkpoint_dir: str, new_name: str) -
     """
     if not ckpt_path:
         return new_name
-    run = Path(ckpt_path).expanduser().resolve().parent
-    return run.name if run.parent == Path(checkpoint_dir).expanduser().resolve() else new_name
+    # Lexical paths, not resolved ones: a run folder may be a link to another disk.
+    run = Path(os.path.abspath(Path(ckpt_path).expanduser())).parent
+    return run.name if run.parent == Path(os.path.abspath(Path(checkpoint_dir).expanduser())) else new_name
 
 
 OmegaConf.register_new_resolver("checkpoint_run", _checkpoint_run, use_cache=True, replace=True)
