@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from streamrec.cli import build_dataset, markdown_table
 from streamrec.evaluation import intra_list_diversity, ndcg_at_k, recall_at_k
 from streamrec.inference import Recommender
+from streamrec.training import TwoTowerModule
 from streamrec.training.export import resolve_checkpoint
 
 
@@ -36,11 +37,18 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = resolve_checkpoint(args.checkpoint, "checkpoints")
-    spec = torch.load(checkpoint, map_location="cpu", weights_only=False)["streamrec_data_spec"]
-    data = build_dataset(OmegaConf.create(spec["data_config"]))
     recommender = Recommender.load(args.artifact)
-    if recommender.manifest["model"]["n_items"] != data.n_items:
-        raise SystemExit(f"{args.artifact} was not built from {checkpoint}: run scripts/build_index.py first.")
+    if args.k < 2 or args.k > recommender.n_items:
+        raise SystemExit(f"--k {args.k}: intra-list diversity needs lists of 2 to {recommender.n_items} titles "
+                         "(the catalogue's size).")
+    module = TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data = build_dataset(OmegaConf.create(module.data_spec["data_config"]))
+    with torch.inference_mode():
+        trained = module.model.all_item_vectors().numpy()
+    served = recommender._catalogue.vectors
+    if served.shape != trained.shape or not np.allclose(served, trained, atol=1e-4):
+        raise SystemExit(f"{args.artifact} was not built from {checkpoint} (its item vectors differ): run "
+                         "scripts/build_index.py checkpoint=... first, or pass the matching --checkpoint.")
 
     seen = pd.concat([data.train, data.val]).sort_values(["user", "timestamp"] if "timestamp" in data.train else
                                                          ["user"], kind="stable")
@@ -72,12 +80,14 @@ def main() -> None:
         v = torch.nn.functional.normalize(vectors[top.clamp(min=0)], dim=-1)
         upper = np.triu_indices(args.k, 1)
         cos = (v @ v.transpose(1, 2))[:, upper[0], upper[1]]
+        pairs = ((top >= 0)[:, upper[0]] & (top >= 0)[:, upper[1]]).float()  # padding of short lists left out
+        ild_vectors = 1 - (cos * pairs).sum(dim=1) / pairs.sum(dim=1)  # NaN for a list under 2 titles
         rows.append({
             "diversity": diversity,
             f"ndcg@{args.k}": ndcg_at_k(hits, n_relevant, args.k).mean().item(),
             f"recall@{args.k}": recall_at_k(hits, n_relevant, args.k).mean().item(),
             "ILD genres": intra_list_diversity(top, genres).nanmean().item(),
-            "ILD vectors": (1 - cos.mean(dim=1)).mean().item(),
+            "ILD vectors": ild_vectors.nanmean().item(),
             "coverage": len(np.unique(top[top >= 0].numpy())) / data.n_items,
         })
     table = pd.DataFrame(rows).set_index("diversity")

@@ -146,6 +146,14 @@ def test_trained_indexes_sample_40_points_per_centroid(monkeypatch, factory, n, 
 def test_bad_factory_string_is_a_clear_error():
     with pytest.raises(ValueError, match="factory string"):
         build_index(np.zeros((10, 4), np.float32), "NotAnIndex", progress=False)
+    with pytest.raises(ValueError, match="HNSW needs at least 2 links per node, got 0"):  # FAISS would abort
+        build_index(np.zeros((10, 4), np.float32), "HNSW0", progress=False)
+
+
+def test_an_unwritable_artifact_location_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError, match=r"a-file/artifact: cannot write an artifact in"):
+        write_artifact(tmp_path / "a-file" / "artifact", lambda tmp: {})
 
 
 # -- artifact round trip ------------------------------------------------------------------

@@ -177,6 +177,30 @@ def test_a_checkpoint_from_elsewhere_starts_a_new_run_folder(tmp_path):
     assert _checkpoint_run(str(runs / "train-2" / "last.ckpt"), str(runs), "new") == "train-2"
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.max_epochs=0"], r"trainer\.max_epochs=0: train at least one epoch"),
+    (["monitor=val/nonexistent"], r"monitor=val/nonexistent: the model logs \['val/ndcg@10', 'val/recall@10'\]"),
+])
+def test_run_settings_that_would_fail_late_are_refused_first(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_cfg(tmp_path, TINY + overrides))
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["index.k=0"], r"index\.k=0: expected an integer >= 1"),
+    (["index.tuning_queries=0"], r"index\.tuning_queries=0: expected an integer >= 1"),
+    (["checkpoint={bad}"], r"checkpoint=.*not-a-checkpoint\.ckpt: not a readable streamrec training checkpoint"),
+])
+def test_build_index_refuses_bad_settings_naming_them(tmp_path, overrides, message):
+    from streamrec.training.export import build_index
+
+    bad = tmp_path / "not-a-checkpoint.ckpt"
+    torch.save({"a": 1}, bad)
+    with pytest.raises(ValueError, match=message):
+        build_index(make_cfg(tmp_path, [o.format(bad=bad) for o in overrides], config_name="build_index"))
+
+
 def test_cold_start_split_reports_content_only_recall(tmp_path):
     cfg = make_cfg(tmp_path, TINY + ["eval.baselines=null", "+data.split.holdout_items=0.1", "data.source.n_items=300"])
     metrics, objects = train(cfg)
@@ -244,6 +268,8 @@ def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsy
     from streamrec.training.train import score_function
 
     _, objects = train(make_cfg(tmp_path, TINY + ["eval.baselines=null"]))
+    with pytest.raises(ValueError, match=r"index\.k=1000: the catalogue has 120 titles"):
+        build_index(make_cfg(tmp_path, ["index.k=1000"], config_name="build_index"))
     manifest, built = build_index(make_cfg(tmp_path, ["index.tuning_queries=50"], config_name="build_index"))
     artifact = tmp_path / "checkpoints" / "recommender"
     assert "recall vs latency" in capsys.readouterr().out

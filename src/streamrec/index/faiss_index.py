@@ -12,6 +12,7 @@ search on held-out queries: the smallest value that reaches the target recall@K 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,10 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     factory = auto_factory(n) if factory == "auto" else factory
+    for m in re.findall(r"HNSW(\d+)", factory):
+        if int(m) < 2:  # FAISS aborts the process (an assertion, not an exception) on HNSW0 / HNSW1
+            raise ValueError(f"index factory string {factory!r}: HNSW needs at least 2 links per node, "
+                             f"got {m}; e.g. 'HNSW32'.")
     try:
         index = faiss.index_factory(d, factory, METRIC)
     except RuntimeError as error:

@@ -59,8 +59,12 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
         # Only a previous artifact (or an empty directory) is replaced, never other files.
         raise FileExistsError(f"{path} exists and is not a streamrec artifact (no {MANIFEST}); it was left as it "
                               "is. Write the artifact to another path, or remove this one first.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as error:
+        raise OSError(f"{path}: cannot write an artifact in {path.parent} ({error.strerror or error}); "
+                      "choose a writable directory.") from None
     try:
         manifest = write_files(tmp)
         files = sorted(p.name for p in tmp.iterdir() if p.name != MANIFEST)

@@ -44,8 +44,17 @@ def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     held-out queries for tuning are the test members' query vectors.
     Returns the manifest and the objects built (module, data).
     """
+    index_cfg = cfg.index
+    for name, low in (("k", 1), ("tuning_queries", 1)):
+        value = index_cfg.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"index.{name}={value!r}: expected an integer >= {low}.")
     checkpoint = resolve_checkpoint(cfg.get("checkpoint"), cfg.paths.checkpoint_dir)
-    module = TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    try:
+        module = TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    except Exception as error:  # torch and Lightning raise KeyError, OSError, RuntimeError, pickle errors...
+        raise ValueError(f"checkpoint={checkpoint}: not a readable streamrec training checkpoint "
+                         f"({type(error).__name__}: {error}); pass a .ckpt written by scripts/train.py.") from None
     spec = module.data_spec
     if not spec:
         raise ValueError(f"{checkpoint}: carries no data spec (id maps); retrain it with this version of streamrec.")
@@ -58,8 +67,10 @@ def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if data.item_map.to_dict() != spec["item_map"]:
         raise ValueError(f"the data config gives a different catalogue than {checkpoint} was trained on; "
                          "pass the same data config as training.")
-    queries, watched = _tuning_queries(module, data, spec, cfg.index.tuning_queries, cfg.seed)
-    index_cfg = cfg.index
+    if index_cfg.k > data.n_items:
+        raise ValueError(f"index.k={index_cfg.k}: the catalogue has {data.n_items} titles; choose k <= "
+                         f"{data.n_items}.")
+    queries, watched = _tuning_queries(module, data, spec, index_cfg.tuning_queries, cfg.seed)
     output = Path(index_cfg.output_dir)
     manifest = export_artifact(
         output, module.model, spec, data.items, data.item_popularity(), queries, factory=index_cfg.factory,

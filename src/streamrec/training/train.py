@@ -150,12 +150,26 @@ def evaluate_cold_start(module: TwoTowerModule, datamodule: RetrievalDataModule,
     return pd.DataFrame(rows).set_index("model")
 
 
+def _check_run_settings(cfg: DictConfig) -> None:
+    """Settings that would otherwise fail after an epoch of training, or export a stale model."""
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and (epochs == 0 or epochs < -1):
+        raise ValueError(f"trainer.max_epochs={epochs}: train at least one epoch (-1: until early stopping); "
+                         "the checkpoint build_index.py exports comes from an epoch.")
+    ks = cfg.model.get("eval_ks") or []
+    logged = [f"val/{metric}@{k}" for metric in ("ndcg", "recall") for k in ks]
+    if cfg.get("monitor") is not None and cfg.monitor not in logged:
+        raise ValueError(f"monitor={cfg.monitor}: the model logs {logged}; choose one of them, or add its K "
+                         "to model.eval_ks.")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train and test the two-tower model described by ``cfg`` (see ``configs/train.yaml``).
 
     Returns the test metrics (``test/ndcg@10``, ...) and the objects built (data,
     datamodule, module, trainer, and the comparison table).
     """
+    _check_run_settings(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     data = build_dataset(cfg.data)
     log.info("data %s: %s", data.name, data.summary())
