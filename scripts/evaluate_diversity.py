@@ -47,8 +47,9 @@ def main() -> None:
         trained = module.model.all_item_vectors().numpy()
     served = recommender._catalogue.vectors
     if served.shape != trained.shape or not np.allclose(served, trained, atol=1e-4):
-        raise SystemExit(f"{args.artifact} was not built from {checkpoint} (its item vectors differ): run "
-                         "scripts/build_index.py checkpoint=... first, or pass the matching --checkpoint.")
+        raise SystemExit(f"{args.artifact} does not serve {checkpoint}'s catalogue (its item vectors differ: "
+                         "built from another model, or titles were added or removed): run scripts/build_index.py "
+                         "checkpoint=... first, or pass the matching --checkpoint.")
 
     seen = pd.concat([data.train, data.val]).sort_values(["user", "timestamp"] if "timestamp" in data.train else
                                                          ["user"], kind="stable")

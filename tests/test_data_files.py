@@ -177,6 +177,19 @@ def test_an_unknown_movielens_variant_is_a_clear_error_with_a_cache(tmp_path):
         prepare_dataset(MovieLensSource(variant="ml-100K"), cache_dir=tmp_path)
 
 
+def test_date_objects_and_one_year_like_cell_among_many():
+    import datetime
+
+    days = pd.Series([datetime.date(2024, 5, 1), datetime.datetime(2024, 5, 2, tzinfo=datetime.timezone.utc),
+                      pd.Timestamp("2024-05-03")], dtype=object)
+    views = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [2, 3, 4], "timestamp": days})
+    assert validate_raw(RawData(views)).interactions["timestamp"].tolist() == [1714521600, 1714608000, 1714694400]
+    text = [f"2024-05-01T00:00:{i % 60:02d}Z" for i in range(300)] + ["1000"]
+    many = pd.DataFrame({"user_id": 1, "item_id": range(301), "timestamp": text})
+    seconds = validate_raw(RawData(many)).interactions.set_index("item_id")["timestamp"]
+    assert seconds[300] == 1000 and seconds[59] == 1714521659
+
+
 @pytest.mark.parametrize("times, seconds", [
     (["20240501", "2024-05-02T00:00:00Z"], [1714521600, 1714608000]),  # dates first
     ([1700000000, "2024-05-02"], [1700000000, 1714608000]),  # numbers in an object column are seconds

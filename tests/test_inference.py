@@ -908,11 +908,22 @@ def test_array_likes_serve_like_lists(recommender):
     one = recommender.recommend(history[:1], k=5, device="mobile", timestamps=times[:1])
     assert batch[1].item_ids == one.item_ids
     pair = [history, history]
-    frame = recommender.recommend_batch(pair, k=5, timestamps=pd.DataFrame([times, times]),
-                                        now=pd.Series([2e9, 2e9], index=[9, 8]))
-    assert frame[0] == recommender.recommend(history, k=5, timestamps=times, now=2e9)
+    grid = recommender.recommend_batch(pair, k=5, timestamps=np.array([times, times]),
+                                       now=pd.Series([2e9, 2e9], index=[9, 8]))
+    assert grid[0] == recommender.recommend(history, k=5, timestamps=times, now=2e9)
+
+    class Times:  # a sequence by duck typing, not registered as one
+        def __len__(self):
+            return len(times)
+
+        def __getitem__(self, i):
+            return times[i]
+
+    assert recommender.recommend(history, k=5, timestamps=Times(), watch_fractions=watch) == expected
     with pytest.raises(ValueError, match="devices: expected a sequence with one entry per history, got set"):
         recommender.recommend_batch(pair, devices={"tv", "mobile"})
+    with pytest.raises(ValueError, match=r"a DataFrame's rows would be padded"):
+        recommender.recommend_batch(pair, timestamps=pd.DataFrame([times, times[:2]]))
 
 
 def test_add_items_takes_rows_of_any_record_type(recommender):
@@ -922,6 +933,8 @@ def test_add_items_takes_rows_of_any_record_type(recommender):
     assert type(recommender.add_items([{"item_id": np.uint64(7401), "title": "Dict"}])[0]) is int
     numeric = pd.DataFrame({"item_id": [7402], "year": [2020.0]})  # its rows are float Series
     assert recommender.add_items([row for _, row in numeric.iterrows()]) == [7402]
+    assert recommender.add_items(numeric.assign(item_id=[7403.0]).astype(object)) == [7403]
+    assert recommender.add_items([{"item_id": 7404.0}]) == [7404]
     added = recommender.similar_items(7401, k=recommender.n_items)
     assert next(r for r in added if r.item_id == 7400).metadata["genres"] == ["Comedy", "Drama"]
 

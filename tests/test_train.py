@@ -177,6 +177,13 @@ def test_a_checkpoint_from_elsewhere_starts_a_new_run_folder(tmp_path):
     assert _checkpoint_run(str(runs / "train-2" / "last.ckpt"), str(runs), "new") == "train-2"
 
 
+def test_run_settings_checks_know_the_models_default_cut_offs(tmp_path):
+    from streamrec.training.train import _check_run_settings
+
+    _check_run_settings(make_cfg(tmp_path, ["~model.eval_ks"]))  # the module's default logs val/ndcg@10
+    _check_run_settings(make_cfg(tmp_path, ["model.eval_ks=[10,50]", "monitor=val/recall@50", "trainer.max_epochs=-1"]))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.max_epochs=0"], r"trainer\.max_epochs=0: train at least one epoch"),
     (["monitor=val/nonexistent"], r"monitor=val/nonexistent: the model logs \['val/ndcg@10', 'val/recall@10'\]"),

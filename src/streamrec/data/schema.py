@@ -222,10 +222,16 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
                 "Fill in the time of those interactions or drop the rows."
             )
     else:  # objects: numbers are unix seconds; text is a date ("20240501" too) or else unix seconds
-        text = column.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        if pd.api.types.infer_dtype(column, skipna=True) == "string":  # the usual case, without a pass per cell
+            text, number = column.notna().to_numpy(), np.zeros(len(column), dtype=bool)
+        else:
+            text = column.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+            number = column.map(lambda v: isinstance(v, (int, float, np.number))
+                                and not isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
         exact = pd.Series(np.nan, index=column.index, dtype=np.float64)
-        exact[~text] = pd.to_numeric(column[~text], errors="coerce")
-        exact[text] = _date_seconds(column[text])
+        exact[number] = pd.to_numeric(column[number], errors="coerce")
+        dated = ~number & column.notna().to_numpy()  # text, dates, datetimes, Timestamps
+        exact[dated] = _date_seconds(column[dated])
         rest = text & exact.isna().to_numpy()
         exact[rest] = pd.to_numeric(column[rest], errors="coerce")
     bad = ~np.isfinite(exact)
@@ -239,12 +245,15 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
     return seconds, (exact.to_numpy() if (exact != seconds).any() else None)
 
 
-def _date_seconds(text: pd.Series) -> pd.Series:
-    """Unix seconds of ``text`` read as dates; NaN where it is none (or one pandas cannot hold)."""
+def _date_seconds(values: pd.Series) -> pd.Series:
+    """Unix seconds of ``values`` read as dates; NaN where one is none (or one pandas cannot hold)."""
     try:
-        return _datetime_seconds(pd.to_datetime(text, errors="coerce", utc=True, format="mixed"))
-    except (OverflowError, ValueError):  # e.g. "1000" read as a year pandas cannot hold: one by one
-        return pd.Series([_one_date_seconds(value) for value in text], index=text.index, dtype=np.float64)
+        return _datetime_seconds(pd.to_datetime(values, errors="coerce", utc=True, format="mixed"))
+    except (OverflowError, ValueError):  # e.g. "1000", a year pandas cannot hold, raises for the whole column
+        if len(values) <= 64:
+            return pd.Series([_one_date_seconds(value) for value in values], index=values.index, dtype=np.float64)
+        half = len(values) // 2  # halves: only the part around such a cell is read one by one
+        return pd.concat([_date_seconds(values.iloc[:half]), _date_seconds(values.iloc[half:])])
 
 
 def _one_date_seconds(value: str) -> float:

@@ -385,13 +385,15 @@ class Recommender:
             if values is None:
                 continue
             if not _ordered(values) or getattr(values, "ndim", 1) == 0:
-                raise ValueError(f"{name}: expected a sequence with one entry per history, got {_described(values)}.")
+                hint = " (a DataFrame's rows would be padded: pass a list, e.g. .to_dict('records'))" \
+                    if isinstance(values, pd.DataFrame) else ""
+                raise ValueError(f"{name}: expected a sequence with one entry per history, got "
+                                 f"{_described(values)}{hint}.")
             if len(values) != b:
                 raise ValueError(f"{name}: {len(values)} entries for {b} histories; give one per member.")
-        # Read by position (a pandas Series would index by label, a DataFrame iterate its columns).
+        # Read by position (a pandas Series would index by label).
         timestamps, watch_fractions, member_features, devices = (
-            values if values is None or isinstance(values, list)
-            else list(values.to_numpy() if isinstance(values, pd.DataFrame) else values)
+            values if values is None or isinstance(values, list) else list(values)
             for values in (timestamps, watch_fractions, member_features, devices))
         catalogue = self._catalogue
         requests = [
@@ -461,15 +463,13 @@ class Recommender:
         if ids is None and len(frame):
             if "item_id" not in frame.columns:
                 raise ValueError(f"items: an 'item_id' column is required; got {list(frame.columns)}.")
-            if self._id_kind == "int" and frame["item_id"].dtype.kind == "f":  # e.g. rows of a numeric frame
-                values = frame["item_id"].to_numpy()
-                whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
-                if not whole.all():
-                    raise ValueError(f"items.item_id[{int(np.flatnonzero(~whole)[0])}]: {values[~whole][0]} is "
-                                     "not an integer id (a missing id makes pandas turn the others into floats).")
-                frame = frame.assign(item_id=values.astype(np.int64))
         if ids is None:
-            ids = frame["item_id"].tolist() if len(frame) else []
+            ids = [_plain(item_id) for item_id in frame["item_id"].tolist()] if len(frame) else []
+        if self._id_kind == "int":
+            for i, item_id in enumerate(ids):
+                if isinstance(item_id, float):  # not whole: NaN (a missing id), inf, 5000.5
+                    raise ValueError(f"items.item_id[{i}]: {item_id} is not an integer id (a missing id makes "
+                                     "pandas turn the others into floats).")
         bounds = np.iinfo(self._catalogue.item_ids.dtype) if self._id_kind == "int" else None
         for i, item_id in enumerate(ids):
             self._check_id(item_id, f"items.item_id[{i}]")
@@ -991,15 +991,19 @@ def _described(value: Any) -> str:
 
 
 def _ordered(values: Any) -> bool:
-    """A sequence or array of values in a meaningful order (not a string, mapping or set)."""
-    if isinstance(values, (str, bytes, Mapping)):
+    """Values in a meaningful order: indexable with a length (not a string, mapping or set)."""
+    if isinstance(values, (str, bytes, Mapping, pd.DataFrame)):
         return False
-    return isinstance(values, Sequence) or (hasattr(values, "__array__") and hasattr(values, "__len__"))
+    return hasattr(values, "__len__") and (hasattr(values, "__getitem__") or hasattr(values, "__array__"))
 
 
 def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value (ids are returned as Python ints / strs)."""
-    return value.item() if isinstance(value, np.generic) else value
+    """An id as a Python value: numpy scalars unwrapped, whole-number floats (as pandas
+    makes of integer ids beside a missing one) as ints; anything else as it is."""
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
+        return int(value)
+    return value
 
 
 def _missing(value: Any) -> bool:

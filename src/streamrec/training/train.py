@@ -6,6 +6,7 @@ A plain function so tests and notebooks call it directly; ``scripts/train.py`` i
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -156,7 +157,7 @@ def _check_run_settings(cfg: DictConfig) -> None:
     if epochs is not None and (epochs == 0 or epochs < -1):
         raise ValueError(f"trainer.max_epochs={epochs}: train at least one epoch (-1: until early stopping); "
                          "the checkpoint build_index.py exports comes from an epoch.")
-    ks = cfg.model.get("eval_ks") or []
+    ks = cfg.model.get("eval_ks") or inspect.signature(TwoTowerModule).parameters["eval_ks"].default
     logged = [f"val/{metric}@{k}" for metric in ("ndcg", "recall") for k in ks]
     if cfg.get("monitor") is not None and cfg.monitor not in logged:
         raise ValueError(f"monitor={cfg.monitor}: the model logs {logged}; choose one of them, or add its K "
