@@ -250,17 +250,10 @@ def _date_seconds(values: pd.Series) -> pd.Series:
     try:
         return _datetime_seconds(pd.to_datetime(values, errors="coerce", utc=True, format="mixed"))
     except (OverflowError, ValueError):  # e.g. "1000", a year pandas cannot hold, raises for the whole column
-        if len(values) <= 64:
-            return pd.Series([_one_date_seconds(value) for value in values], index=values.index, dtype=np.float64)
-        half = len(values) // 2  # halves: only the part around such a cell is read one by one
+        if len(values) == 1:
+            return pd.Series(math.nan, index=values.index, dtype=np.float64)
+        half = len(values) // 2  # halves: only the cells around such a one are parsed apart
         return pd.concat([_date_seconds(values.iloc[:half]), _date_seconds(values.iloc[half:])])
-
-
-def _one_date_seconds(value: str) -> float:
-    try:
-        return float(_datetime_seconds(pd.Series(pd.to_datetime([value], utc=True, format="mixed"))).iloc[0])
-    except (OverflowError, ValueError):
-        return math.nan
 
 
 def _datetime_seconds(parsed: pd.Series) -> pd.Series:

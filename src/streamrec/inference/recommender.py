@@ -460,18 +460,15 @@ class Recommender:
                         raise ValueError(f"items[{i}]: an 'item_id' is required.")
                 # From the records: pandas makes floats of integer ids beside a missing one.
                 ids = [_plain(record["item_id"]) for record in records]
-        if ids is None and len(frame):
-            if "item_id" not in frame.columns:
-                raise ValueError(f"items: an 'item_id' column is required; got {list(frame.columns)}.")
         if ids is None:
+            if len(frame) and "item_id" not in frame.columns:
+                raise ValueError(f"items: an 'item_id' column is required; got {list(frame.columns)}.")
             ids = [_plain(item_id) for item_id in frame["item_id"].tolist()] if len(frame) else []
-        if self._id_kind == "int":
-            for i, item_id in enumerate(ids):
-                if isinstance(item_id, float):  # not whole: NaN (a missing id), inf, 5000.5
-                    raise ValueError(f"items.item_id[{i}]: {item_id} is not an integer id (a missing id makes "
-                                     "pandas turn the others into floats).")
         bounds = np.iinfo(self._catalogue.item_ids.dtype) if self._id_kind == "int" else None
         for i, item_id in enumerate(ids):
+            if bounds is not None and isinstance(item_id, float):  # not whole: NaN (a missing id), inf, 5000.5
+                raise ValueError(f"items.item_id[{i}]: {item_id} is not an integer id (a missing id makes "
+                                 "pandas turn the others into floats).")
             self._check_id(item_id, f"items.item_id[{i}]")
             if bounds is not None and not bounds.min <= item_id <= bounds.max:
                 raise ValueError(f"items.item_id[{i}]: {item_id} does not fit the catalogue's ids "
