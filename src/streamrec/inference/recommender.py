@@ -370,7 +370,9 @@ class Recommender:
         """:meth:`recommend` for many members at once (one tower pass, one index search).
 
         Per-member arguments are sequences parallel to ``histories`` (``now`` may also be
-        one value for all).
+        one value for all). Scores can differ from :meth:`recommend`'s in the last bits of
+        a float32, as BLAS may sum a batch's matrix products in another order than one
+        member's, so titles whose scores tie that closely may swap places.
         """
         k = _checked_k(k)
         _check_diversity(diversity)
