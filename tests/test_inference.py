@@ -960,6 +960,59 @@ def test_manifest_with_paths_outside_the_artifact_is_rejected(copy_of_artifact):
         Recommender.load(copy_of_artifact)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_similar_items_matches_brute_force_as_titles_come_and_go(tmp_path, normalize):
+    """The unfiltered path (FAISS's k + 1, the title itself dropped) against exact scores over
+    the active titles; unnormalised vectors make titles whose own vector is not their
+    nearest, so the last of the k + 1 is dropped instead."""
+    model, spec, items, popularity = tiny_catalogue()
+    model.config.normalize = normalize
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="Flat", progress=False)
+    recommender = Recommender.load(tmp_path / "a")
+    ids = items["item_id"].tolist()
+    not_own_nearest = 0
+
+    def check(k):
+        nonlocal not_own_nearest
+        catalogue = recommender._catalogue
+        vectors, active = catalogue.vectors, catalogue.active
+        for row in np.flatnonzero(active)[::7]:
+            scores = (vectors @ vectors[row]).astype(np.float64)
+            not_own_nearest += bool(scores[active].max() > scores[row])
+            scores[~active] = -np.inf
+            scores[row] = -np.inf
+            top = np.argsort(-scores, kind="stable")[:k]
+            similar = recommender.similar_items(catalogue.item_ids[row].item(), k=k)
+            assert similar.item_ids == catalogue.item_ids[top].tolist()
+            np.testing.assert_allclose(similar.scores, scores[top], rtol=1e-5, atol=1e-6)
+            assert [r.item_id for r in similar] == similar.item_ids and similar.source == "model"
+
+    check(5)
+    recommender.remove_items(ids[:40])
+    check(10)
+    recommender.add_items([{"item_id": 9000 + i, "title": f"New {i}", "genres": ["Drama"], "year": 2000.0 + i}
+                           for i in range(10)])
+    check(N_ITEMS - 40 + 10 - 1)  # every other title: FAISS returns exactly the active ones
+    assert not_own_nearest > 0 if not normalize else not_own_nearest == 0
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF8,Flat"])
+def test_similar_items_of_an_approximate_index_skip_removed_titles(tmp_path, factory):
+    model, spec, items, popularity = tiny_catalogue()
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory=factory, progress=False)
+    recommender = Recommender.load(tmp_path / "a")
+    ids = items["item_id"].tolist()
+    recommender.remove_items(ids[::2])
+    for item_id in ids[1::10]:
+        similar = recommender.similar_items(item_id, k=20).item_ids
+        assert len(similar) == len(set(similar)) == 20 and item_id not in similar
+        assert not set(similar) & set(ids[::2])
+    every_other = recommender.similar_items(ids[1], k=N_ITEMS // 2 - 1).item_ids  # past what FAISS returns
+    assert len(every_other) == N_ITEMS // 2 - 1 and set(every_other) == set(ids[3::2])
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
 def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()

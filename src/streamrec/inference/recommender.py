@@ -432,6 +432,10 @@ class Recommender:
         row = catalogue.rows.get(item_id)
         if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
+        if not filters and not diversity and k < catalogue.searchable:
+            found = self._similar(catalogue, row, k)
+            if found is not None:
+                return found
         mask = self._filter_mask(catalogue, filters)
         rows, scores = self._search_one(catalogue, catalogue.vectors[row:row + 1], k, np.array([row]), mask,
                                         diversity)
@@ -756,6 +760,27 @@ class Recommender:
         _faiss_search(catalogue, query, wanted, 1, score_ptr, label_ptr, len(labels))
         return self._top(catalogue, scratch.unseen, query, labels[:wanted], scores[:wanted], seen, mask, pool, k,
                          diversity)
+
+    def _similar(self, catalogue: _Catalogue, row: int, k: int) -> Recommendations | None:
+        """:meth:`similar_items` without filters or diversity: FAISS's k + 1 nearest, the title
+        itself dropped (or the last, when FAISS did not return the title), as plain lists.
+        None when FAISS returned fewer (the general path then scans exactly).
+
+        The general path's seen-title flags and numpy picks cost more than k + 1 labels are
+        worth: read as lists, a call takes 6 µs less at 100,000 titles (docs/benchmarks.md).
+        """
+        wanted = k + 1
+        scores, labels, score_ptr, label_ptr = self._scratch(catalogue).outputs(wanted)
+        _faiss_search(catalogue, catalogue.vectors[row:row + 1], wanted, 1, score_ptr, label_ptr, len(labels))
+        found = labels[:wanted]
+        rows = found.tolist()
+        if rows[-1] < 0:  # FAISS pads a short result with -1 at the end
+            return None
+        drop = rows.index(row) if row in rows else k
+        # The ids are gathered by the labels' array: by the list, 1 µs more.
+        ids, found_scores = catalogue.item_ids[found].tolist(), scores[:wanted].tolist()
+        del rows[drop], ids[drop], found_scores[drop]
+        return Recommendations(ids, found_scores, rows, catalogue.table, (), "model")
 
     def _top(self, catalogue: _Catalogue, unseen: np.ndarray | None, query: np.ndarray, found: np.ndarray | None,
              found_scores: np.ndarray | None, seen: np.ndarray, mask: np.ndarray | None, pool: int, k: int,

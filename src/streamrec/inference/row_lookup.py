@@ -72,7 +72,7 @@ class RowLookup:
         if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
             return ABSENT
         slot = int(item_id) + self._shift
-        return int(self._table[slot]) if 0 < slot < len(self._table) else ABSENT
+        return self._table.item(slot) if 0 < slot < len(self._table) else ABSENT  # .item: a Python int
 
     def rows(self, ids: Sequence[Any] | np.ndarray, plain_ints: bool = False) -> np.ndarray:
         """Rows of ``ids`` [len(ids)] int64, ``ABSENT`` for unknown ids.
