@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -141,6 +143,21 @@ def test_whole_number_float_ids_are_integers_and_survive_the_cache(tmp_path):
     assert fresh.item_map == cached.item_map
     assert cached.item_map.to_index([10, 11, 12]).tolist() == [0, 1, 2]
     assert cached.item_map.raw_ids.dtype == np.int64
+
+
+def test_a_rewrite_that_keeps_size_and_modification_time_rebuilds_the_cache(tmp_path):
+    path = write(tmp_path, "views.csv", "user_id,item_id\n1,10\n1,11\n2,10\n2,12\n")
+    source = FileSource(path)
+    split = SplitSpec(ratios=[0.5, 0.5])
+    before = prepare_dataset(source, split=split, cache_dir=tmp_path / "cache")
+    old = os.stat(path)
+    time.sleep(0.05)  # past the file system's timestamp granularity (a kernel tick)
+    write(tmp_path, "views.csv", "user_id,item_id\n1,10\n1,11\n2,10\n2,13\n")  # as `cp -p` would leave it
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(path).st_size == old.st_size and os.stat(path).st_mtime_ns == old.st_mtime_ns
+    after = prepare_dataset(source, split=split, cache_dir=tmp_path / "cache")
+    assert 12 in before.item_map.raw_ids.tolist()
+    assert 13 in after.item_map.raw_ids.tolist() and 12 not in after.item_map.raw_ids.tolist()
 
 
 def test_quoted_csv_fields_are_read_as_csv(tmp_path):

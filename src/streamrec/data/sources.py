@@ -1,7 +1,8 @@
 """Data sources: each turns its own input into :class:`RawData` and names its identity.
 
 A source's ``fingerprint()`` identifies exactly what it reads (its settings plus, for
-files, their sizes and modification times) so processed data can be cached by it.
+files, their sizes and modification and status-change times) so processed data can be
+cached by it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ class DataSource(Protocol):
 
 
 def _file_signature(path: Path) -> list[Any]:
+    """Path, size, modification time and status-change time: a rewrite that keeps the size
+    and sets the old modification time back (``cp -p``, ``rsync -t``, ``touch -r``) still
+    moves the status-change time, which no program can set. Changing only the file's
+    mode, owner or links moves it too, which costs one unneeded rebuild."""
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
 class SimulatorSource:
