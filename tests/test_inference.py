@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -871,6 +872,9 @@ def test_appending_rows_without_a_column_keeps_the_old_values_exactly():
     assert both.row(0) == {"item_id": 1, "rank": 3, "kids": True, "title": None}
     assert both.row(2) == {"item_id": 9, "rank": None, "kids": None, "title": "New"}
     assert both.mask("rank", [4]).tolist() == [False, True, False]
+    saved = ItemTable.from_arrow(pa.Table.from_pandas(both.to_frame(), preserve_index=False))  # as save() and load()
+    assert [saved.row(i) for i in range(3)] == [both.row(i) for i in range(3)]
+    assert type(saved.value("rank", 1)) is int and saved.mask("rank", [4]).tolist() == [False, True, False]
 
 
 def test_add_items_accepts_missing_genres(artifact):
@@ -1011,6 +1015,20 @@ def test_similar_items_of_an_approximate_index_skip_removed_titles(tmp_path, fac
         assert not set(similar) & set(ids[::2])
     every_other = recommender.similar_items(ids[1], k=N_ITEMS // 2 - 1).item_ids  # past what FAISS returns
     assert len(every_other) == N_ITEMS // 2 - 1 and set(every_other) == set(ids[3::2])
+
+
+def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_path):
+    model, spec, items, popularity = tiny_catalogue()
+    items["rank"] = np.arange(N_ITEMS)
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="Flat", progress=False)
+    changed = Recommender.load(tmp_path / "a")
+    changed.add_items([{"item_id": 8000, "title": "No rank", "genres": ["Comedy"], "year": 2025.0}])
+    changed.save(tmp_path / "b")
+    saved = Recommender.load(tmp_path / "b")
+    ranks = {r.item_id: r.metadata["rank"] for r in saved.recommend([], k=N_ITEMS + 1)}
+    assert ranks[8000] is None and ranks[1007] == 7 and type(ranks[1007]) is int
+    assert saved.recommend([], k=3, filters={"rank": [7]}).item_ids == [1007]
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])

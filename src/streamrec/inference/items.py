@@ -46,6 +46,9 @@ class ItemTable:
                 lists[name] = (offsets - offsets[0], values)
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 scalars[name] = column  # converted one value at a time: a million titles load instantly
+            elif pa.types.is_integer(column.type) and column.null_count:
+                # numpy would make floats of them (3 -> 3.0): Python ints and None, as append keeps them.
+                scalars[name] = np.array(column.to_pylist(), dtype=object)
             else:
                 scalars[name] = column.to_numpy(zero_copy_only=False)
         return cls(len(table), scalars, lists)
