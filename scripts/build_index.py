@@ -9,12 +9,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from streamrec.cli import usage_errors
 from streamrec.training.export import build_index
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="build_index")
 def main(cfg: DictConfig) -> None:
-    build_index(cfg)
+    with usage_errors():
+        build_index(cfg)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from streamrec.baselines import evaluate_baselines
-from streamrec.cli import build_dataset, markdown_table
+from streamrec.cli import build_dataset, markdown_table, usage_errors
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate_baselines")
 def main(cfg: DictConfig) -> None:
-    data = build_dataset(cfg.data)
-    log.info("data %s: %s", data.name, data.summary())
-    models = {name: instantiate(spec) for name, spec in cfg.baselines.items()}
-    table = evaluate_baselines(data, models, ks=tuple(cfg.ks), batch_size=cfg.batch_size)
+    with usage_errors():
+        data = build_dataset(cfg.data)
+        log.info("data %s: %s", data.name, data.summary())
+        models = {name: instantiate(spec) for name, spec in cfg.baselines.items()}
+        table = evaluate_baselines(data, models, ks=tuple(cfg.ks), batch_size=cfg.batch_size)
     out = Path(cfg.paths.output_dir) / "baselines.csv"
     table.to_csv(out)
     shown = [c for c in cfg.show if c in table.columns]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from streamrec.cli import usage_errors
 from streamrec.training.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    with usage_errors():
+        metrics, _ = train(cfg)
     return metrics.get("test/ndcg@10")
 
 

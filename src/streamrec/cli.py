@@ -1,20 +1,52 @@
 """Helpers for the Hydra entry points in ``scripts/``: the only place configs become objects.
 
 Library classes take plain typed arguments; this module turns the ``data`` config group
-into a :class:`~streamrec.data.SplitData` and formats result tables for the terminal.
+into a :class:`~streamrec.data.SplitData`, formats result tables for the terminal, and
+shows streamrec's own input errors as their message (:func:`usage_errors`).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import pandas as pd
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from streamrec.data import SplitData, prepare_dataset
+from streamrec.inference.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
+
+
+class UsageError(CompactHydraException):
+    """A setting or input the user must fix; Hydra prints its message without a traceback."""
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Run a script's work so that the errors streamrec raises on purpose about bad settings
+    or input (a ``ValueError`` such as ``DataError``, an ``ArtifactError``, a
+    ``FileNotFoundError``; each names the setting and the fix) end the script with that
+    message alone and exit status 1. The same types raised inside another library (a bug,
+    not a setting) keep Hydra's traceback; ``HYDRA_FULL_ERROR=1`` shows it for all.
+    """
+    try:
+        yield
+    except (ValueError, ArtifactError, FileNotFoundError) as error:
+        if not _raised_in_streamrec(error):
+            raise
+        raise UsageError(f"{type(error).__name__}: {error}") from error  # Hydra adds the hint
+
+
+def _raised_in_streamrec(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("streamrec.")
 
 
 def build_dataset(cfg: DictConfig) -> SplitData:

@@ -1,0 +1,38 @@
+"""The scripts' error reporting: streamrec's own input errors as their message alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamrec.cli import UsageError, usage_errors
+from streamrec.training.export import resolve_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_errors_streamrec_raises_become_usage_errors_and_others_pass_through(tmp_path):
+    with pytest.raises(UsageError, match=r"^FileNotFoundError: checkpoint=.*nothing\.ckpt: no such file\.$") as caught:
+        with usage_errors():
+            resolve_checkpoint(str(tmp_path / "nothing.ckpt"), tmp_path)
+    assert isinstance(caught.value.__cause__, FileNotFoundError)  # HYDRA_FULL_ERROR=1 still shows where
+    with pytest.raises(ValueError, match="cannot reshape") as caught:  # numpy's, not a setting: traceback kept
+        with usage_errors():
+            np.zeros(2).reshape(3)
+    assert not isinstance(caught.value, UsageError)
+    with pytest.raises(FileNotFoundError):
+        with usage_errors():
+            (tmp_path / "missing.txt").read_text()
+
+
+def test_a_bad_setting_stops_train_py_with_its_message_and_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "trainer.max_epochs=0",
+                           f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "ValueError: trainer.max_epochs=0: train at least one epoch" in done.stderr
+    assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR=1" in done.stderr
