@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from streamrec.cli import UsageError, usage_errors
+from streamrec.cli import UsageError, markdown_table, usage_errors
 from streamrec.training.export import resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +37,8 @@ def test_a_bad_setting_stops_train_py_with_its_message_and_no_traceback(tmp_path
     assert done.returncode == 1
     assert "ValueError: trainer.max_epochs=0: train at least one epoch" in done.stderr
     assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR=1" in done.stderr
+
+
+def test_markdown_tables_leave_missing_values_blank():
+    table = markdown_table(pd.DataFrame({"recall": [0.25, float("nan")], "model": ["EASE", "new"]}), ".2f")
+    assert table.splitlines()[2:] == ["| 0 | 0.25 | EASE |", "| 1 |  | new |"]

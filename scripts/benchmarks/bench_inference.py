@@ -45,6 +45,7 @@ another has just warmed with the same members. Overheads are differences of thos
     python scripts/benchmarks/bench_inference.py --sizes 100000 --members 500
     python scripts/benchmarks/bench_inference.py --towers          # query tower: numpy vs torch by batch
     python scripts/benchmarks/bench_inference.py --lookups         # a history's id lookups: dict vs table
+    python scripts/benchmarks/bench_inference.py --against HEAD~1 --sizes 100000  # A/B against a revision
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import faiss
@@ -75,6 +77,7 @@ CLUSTERS, HISTORY, GENRES = 1000, 50, 20
 NOISE, ID_SCALE = 1.0, 1.0  # within-cluster spread; id embeddings dominate content, as after training
 ROUNDS = 3  # timed calls per stage and member
 BLOCK = 50  # members a stage runs back to back (see timed_blocks)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def synthetic_model(n_items: int, seed: int) -> tuple[TwoTower, np.ndarray]:
@@ -167,8 +170,9 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: int = 0) -> dict:
-    row: dict = {"titles": f"{n_items:,}"}
+def export_synthetic(n_items: int, path: Path, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, float]:
+    """The synthetic catalogue's artifact at ``path``: (manifest, each title's cluster, raw
+    item ids, export seconds)."""
     model, cluster = synthetic_model(n_items, seed)
     item_ids = np.arange(1, n_items + 1)  # raw ids differ from rows, as in real data
     items = pd.DataFrame({"item_id": item_ids, "title": [f"Title {i}" for i in item_ids],
@@ -182,16 +186,20 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
             "history_mode": "set"}
     with torch.inference_mode():
         queries = model.query(tower_inputs(tuning)).numpy()  # exactly what recommend() feeds the tower
-    path = workdir / f"artifact-{n_items}"
     start = time.perf_counter()
     manifest = export_artifact(path, model, spec, items, popularity, queries, progress=False, seed=seed,
                                exclude=tuning)
-    row["export s"] = time.perf_counter() - start
+    return manifest, cluster, item_ids, time.perf_counter() - start
+
+
+def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: int = 0) -> dict:
+    row: dict = {"titles": f"{n_items:,}"}
+    path = workdir / f"artifact-{n_items}"
+    manifest, cluster, item_ids, row["export s"] = export_synthetic(n_items, path, seed)
     info = manifest["index"]
     row["index"] = (f"{info['factory']} {info['search_parameter']}={info['search_value']}"
                     if info["search_parameter"] else f"{info['factory']} (exact)")
     row["index build s"] = info["build_seconds"]
-    del model
 
     start = time.perf_counter()
     recommender = Recommender.load(path)
@@ -290,6 +298,50 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     return row
 
 
+def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) -> pd.DataFrame:
+    """In-process A/B: this tree's ``Recommender`` against the one in ``rev``'s
+    ``recommender.py`` (the rest of the package as checked out), loaded side by side on the
+    same artifact, with raw FAISS, their calls interleaved in blocks (``timed_blocks``).
+    Both must give the same ids and scores for the first 300 members, or this raises."""
+    source = subprocess.run(["git", "show", f"{rev}:src/streamrec/inference/recommender.py"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    old = types.ModuleType("recommender_at_rev")
+    sys.modules[old.__name__] = old  # dataclasses look their module up
+    exec(compile(source, f"{rev}:recommender.py", "exec"), old.__dict__)
+    path = workdir / f"artifact-{n_items}"
+    _, cluster, item_ids, _ = export_synthetic(n_items, path, seed)
+    served = {"this tree": Recommender.load(path), rev: old.Recommender.load(path)}
+    test = histories(cluster, members, seed + 2)
+    raw = [item_ids[h].tolist() for h in test]
+    titles = [int(item_ids[h[0]]) for h in test]
+    for i in range(min(members, 300)):
+        new_list, old_list = (r.recommend(raw[i], k=10) for r in served.values())
+        new_similar, old_similar = (r.similar_items(titles[i], k=10) for r in served.values())
+        if (new_list.item_ids, new_list.scores, new_similar.item_ids, new_similar.scores) != (
+                old_list.item_ids, old_list.scores, old_similar.item_ids, old_similar.scores):
+            raise AssertionError(f"member {i}: {rev} and this tree give different lists")
+    catalogue = served["this tree"]._catalogue
+    vectors = served["this tree"]._encode(**{key: value.numpy() for key, value in tower_inputs(test).items()})
+    faiss.omp_set_num_threads(1)
+    ways = {"raw FAISS, k + 50": lambda i: catalogue.index.search(vectors[i:i + 1], 10 + len(raw[i])),
+            "raw FAISS, k + 1": lambda i: catalogue.index.search(catalogue.vectors[test[i][0]:test[i][0] + 1], 11)}
+    for name, recommender in served.items():
+        ways[f"recommend ({name})"] = lambda i, r=recommender: r.recommend(raw[i], k=10)
+        ways[f"similar_items ({name})"] = lambda i, r=recommender: r.similar_items(titles[i], k=10)
+    p50 = {name: percentiles(t)[0] * 1e3 for name, t in timed_blocks(ways, list(range(members))).items()}
+    shutil.rmtree(path)
+    rows = []
+    for call, raw_search in (("recommend", "raw FAISS, k + 50"), ("similar_items", "raw FAISS, k + 1")):
+        new_us, old_us = p50[f"{call} (this tree)"], p50[f"{call} ({rev})"]
+        row = {"call": call, "this tree µs": new_us, f"{rev} µs": old_us, "difference µs": new_us - old_us,
+               "raw FAISS µs": p50[raw_search]}
+        if call == "similar_items":  # recommend's includes the tower: its share over FAISS says little
+            row["this tree over raw FAISS %"] = 100 * (new_us - p50[raw_search]) / p50[raw_search]
+            row[f"{rev} over raw FAISS %"] = 100 * (old_us - p50[raw_search]) / p50[raw_search]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("call")
+
+
 def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 1000)) -> pd.DataFrame:
     """The query tower alone, numpy vs eager torch, by batch size (best of 3 repeats)."""
     from streamrec.inference.query_encoder import NumpyQueryTower
@@ -375,6 +427,8 @@ def main() -> None:
                         help="only time the query tower by batch size, numpy vs torch")
     parser.add_argument("--lookups", action="store_true",
                         help="only time a 50-id history's lookups: dict, RowLookup table, searchsorted")
+    parser.add_argument("--against", metavar="REV", default=None,
+                        help="only A/B recommend and similar_items against git revision REV's recommender.py")
     args = parser.parse_args()
     if args.towers:
         print(markdown_table(tower_batches(), floatfmt=".3f"))
@@ -384,6 +438,12 @@ def main() -> None:
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.against:
+        for n in args.sizes:
+            print(f"\n{n:,} titles, {args.members} members\n")
+            print(markdown_table(against(args.against, n, args.members, workdir).T.rename_axis("p50"),
+                                 floatfmt=".2f"))
+        return
     rows = [bench(n, args.members, workdir, args.plots) for n in args.sizes]
     table = pd.DataFrame(rows).set_index("titles")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -8,6 +8,7 @@ shows streamrec's own input errors as their message (:func:`usage_errors`).
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -60,12 +61,12 @@ def build_dataset(cfg: DictConfig) -> SplitData:
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub-markdown table of ``frame`` (index included)."""
+    """A GitHub-markdown table of ``frame`` (index included; missing values blank)."""
     frame = frame.reset_index()
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     lines = [header, rule]
     for row in frame.itertuples(index=False):
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        cells = [("" if math.isnan(v) else format(v, floatfmt)) if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
