@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from streamrec.index import auto_factory, build_index, exact_search, search_parameter, tune
+from streamrec.index import auto_factory, build_index, exact_search, recall, search_parameter, tune
 from streamrec.inference import ArtifactError, Recommender, UnknownItemsError, export_artifact, read_manifest
 from streamrec.inference.artifact import write_artifact
 from streamrec.models.two_tower import TwoTower, TwoTowerConfig, hour_code
@@ -747,6 +747,23 @@ def test_tuning_with_exclusions_measures_what_is_served():
         hits += len(set(top) & set([i for i in best if i not in set(seen)][:10]))
     assert measured == pytest.approx(hits / 1000)
     assert measured >= 0.9
+
+
+@pytest.mark.parametrize("factory, full_scan", [("IVF8,Flat", 8), ("Flat", None)])
+def test_tuning_counts_titles_tied_with_the_kth_as_hits(factory, full_scan):
+    """Titles three times over (content-only titles with the same content): which of the
+    tied ones exact search returns is arbitrary, so an exact scan must measure recall 1."""
+    rng = np.random.default_rng(0)
+    vectors = np.repeat(rng.normal(size=(200, 8)).astype(np.float32), 3, axis=0)
+    queries = rng.normal(size=(100, 8)).astype(np.float32)
+    index = build_index(vectors, factory, progress=False)
+    value, measured, sweep = tune(index, vectors, queries, k=10, target_recall=0.999)
+    assert (value, measured) == (full_scan, 1.0)
+    assert [p.recall for p in sweep] == sorted(p.recall for p in sweep)
+    truth = exact_search(vectors, queries, 10)
+    shifted = np.where(truth % 3 == 2, truth - 1, truth)  # a tied copy in place of the one found
+    assert recall(shifted, truth, vectors, queries) == 1.0
+    assert recall(np.roll(truth, 1, axis=0), truth, vectors, queries) < 0.2  # other queries' lists
 
 
 def test_artifact_directory_is_readable_by_others(artifact):

@@ -118,11 +118,29 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
     return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Share of the exact top-k ids ``truth`` [Q, k] (-1 = none) present in ``found`` [Q, k']."""
-    valid = truth >= 0
-    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
-    return hits / max(int(valid.sum()), 1)
+TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th exact one count as tied with it
+
+
+def recall(found: np.ndarray, truth: np.ndarray, vectors: np.ndarray, queries: np.ndarray) -> float:
+    """Recall@k of the ids ``found`` [Q, k'] against the exact top-k ids ``truth`` [Q, k]
+    (-1 = none) of ``queries`` [Q, d] over ``vectors`` [n, d].
+
+    Per query, a found id is a hit when its exact score reaches the k-th exact score, and
+    at most as many are counted as the exact list holds. Titles tied with the k-th (the
+    same vector: content-only titles with the same content, say) are interchangeable, and
+    exact search returns an arbitrary few of them: counting shared ids instead scored a
+    full IVF scan 0.973 on a catalogue of titles three times over.
+    """
+    hits = valid = 0
+    for f, t, q in zip(found, truth, queries):
+        t = t[t >= 0]
+        if not len(t):
+            continue
+        f = f[f >= 0][:len(t)]
+        kth = float((vectors[t] @ q).min())
+        hits += int(np.count_nonzero(vectors[f] @ q >= kth - TIE_TOLERANCE * max(abs(kth), 1e-12)))
+        valid += len(t)
+    return hits / max(valid, 1)
 
 
 def _without(ids: np.ndarray, exclude: list[np.ndarray] | None, k: int) -> np.ndarray:
@@ -144,8 +162,8 @@ class SweepPoint:
     p99_ms: float
 
 
-def _recall_at(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value: int | None,
-               exclude: list[np.ndarray] | None) -> float:
+def _recall_at(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+               value: int | None, exclude: list[np.ndarray] | None) -> float:
     """Recall@k of ``index`` at search parameter ``value`` against ``truth`` [Q, k].
 
     With ``exclude`` (per query, e.g. the member's watched titles), the search asks for
@@ -154,7 +172,7 @@ def _recall_at(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, value
     set_search_parameter(index, value)
     k = truth.shape[1]
     extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-    return recall(_without(index.search(queries, k + extra)[1], exclude, k), truth)
+    return recall(_without(index.search(queries, k + extra)[1], exclude, k), truth, vectors, queries)
 
 
 def _latencies(index: faiss.Index, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None,
@@ -198,6 +216,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
     timed after the sweep, the values taking turns (see ``_latencies``).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries.")
     depth = k + max((len(e) for e in exclude), default=0) if exclude is not None else k
@@ -205,12 +224,12 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 
     name = search_parameter(index)
     recalls: dict[int | None, float] = {}
     if name is None:
-        recalls[None] = _recall_at(index, queries, truth, None, exclude)
+        recalls[None] = _recall_at(index, vectors, queries, truth, None, exclude)
     else:
         ivf = faiss.try_extract_index_ivf(_unwrap(index))
         past_target = 0
         for value in [v for v in _CANDIDATES[name] if ivf is None or v <= ivf.nlist]:
-            recalls[value] = _recall_at(index, queries, truth, value, exclude)
+            recalls[value] = _recall_at(index, vectors, queries, truth, value, exclude)
             if past_target or recalls[value] >= target_recall:
                 past_target += 1
                 if past_target > 3 or recalls[value] >= 0.9999:
