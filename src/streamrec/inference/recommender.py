@@ -433,9 +433,7 @@ class Recommender:
         if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
         if not filters and not diversity and k < catalogue.searchable:
-            found = self._similar(catalogue, row, k)
-            if found is not None:
-                return found
+            return self._similar(catalogue, row, k)
         mask = self._filter_mask(catalogue, filters)
         rows, scores = self._search_one(catalogue, catalogue.vectors[row:row + 1], k, np.array([row]), mask,
                                         diversity)
@@ -761,10 +759,11 @@ class Recommender:
         return self._top(catalogue, scratch.unseen, query, labels[:wanted], scores[:wanted], seen, mask, pool, k,
                          diversity)
 
-    def _similar(self, catalogue: _Catalogue, row: int, k: int) -> Recommendations | None:
+    def _similar(self, catalogue: _Catalogue, row: int, k: int) -> Recommendations:
         """:meth:`similar_items` without filters or diversity: FAISS's k + 1 nearest, the title
         itself dropped (or the last, when FAISS did not return the title), as plain lists.
-        None when FAISS returned fewer (the general path then scans exactly).
+        When FAISS returns fewer (HNSW skipping removed titles, sparse IVF lists), an exact
+        scan, as in the general path.
 
         The general path's seen-title flags and numpy picks cost more than k + 1 labels are
         worth: read as lists, a call takes 6 µs less at 100,000 titles (docs/benchmarks.md).
@@ -775,7 +774,8 @@ class Recommender:
         found = labels[:wanted]
         rows = found.tolist()
         if rows[-1] < 0:  # FAISS pads a short result with -1 at the end
-            return None
+            exact_rows, exact_scores = self._exact(catalogue, catalogue.vectors[row], k, np.array([row]), None)
+            return self._result(catalogue, exact_rows, exact_scores, [], "model")
         drop = rows.index(row) if row in rows else k
         # The ids are gathered by the labels' array: by the list, 1 µs more.
         ids, found_scores = catalogue.item_ids[found].tolist(), scores[:wanted].tolist()
