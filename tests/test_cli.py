@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from streamrec.cli import UsageError, markdown_table, usage_errors
+from streamrec.inference.artifact import write_artifact
+from streamrec.inference.row_lookup import RowLookup
 from streamrec.training.export import resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +30,15 @@ def test_errors_streamrec_raises_become_usage_errors_and_others_pass_through(tmp
     with pytest.raises(FileNotFoundError):
         with usage_errors():
             (tmp_path / "missing.txt").read_text()
+    with pytest.raises(ValueError, match="shape mismatch") as caught:  # numpy's, called inside streamrec
+        with usage_errors():
+            RowLookup.of([1, 2], [0, 1, 2])
+    assert not isinstance(caught.value, UsageError)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"^FileExistsError: .*notes exists and is not a streamrec artifact"):
+        with usage_errors():
+            write_artifact(tmp_path / "notes", lambda directory: {}, overwrite=True)
 
 
 def test_a_bad_setting_stops_train_py_with_its_message_and_no_traceback(tmp_path):

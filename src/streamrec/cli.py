@@ -7,6 +7,7 @@ shows streamrec's own input errors as their message (:func:`usage_errors`).
 
 from __future__ import annotations
 
+import dis
 import logging
 import math
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from streamrec.inference.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
 
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
 
 class UsageError(CompactHydraException):
     """A setting or input the user must fix; Hydra prints its message without a traceback."""
@@ -30,24 +33,30 @@ class UsageError(CompactHydraException):
 @contextmanager
 def usage_errors() -> Iterator[None]:
     """Run a script's work so that the errors streamrec raises on purpose about bad settings
-    or input (a ``ValueError`` such as ``DataError``, an ``ArtifactError``, a
-    ``FileNotFoundError``; each names the setting and the fix) end the script with that
-    message alone and exit status 1. The same types raised inside another library (a bug,
-    not a setting) keep Hydra's traceback; ``HYDRA_FULL_ERROR=1`` shows it for all.
+    or input (a ``ValueError`` such as ``DataError``, an ``ArtifactError``, an ``OSError``
+    such as ``FileNotFoundError``; each names the setting and the fix) end the script with
+    that message alone and exit status 1. Errors raised anywhere else keep Hydra's
+    traceback, including those of numpy or builtins called from streamrec (a bug, not a
+    setting); ``HYDRA_FULL_ERROR=1`` shows it for all.
     """
     try:
         yield
-    except (ValueError, ArtifactError, FileNotFoundError) as error:
-        if not _raised_in_streamrec(error):
+    except (ValueError, ArtifactError, OSError) as error:
+        if not _raised_on_purpose(error):
             raise
         raise UsageError(f"{type(error).__name__}: {error}") from error  # Hydra adds the hint
 
 
-def _raised_in_streamrec(error: BaseException) -> bool:
+def _raised_on_purpose(error: BaseException) -> bool:
+    """Whether ``error`` came from a ``raise`` statement in streamrec's own code: its
+    innermost frame is streamrec's and stopped at a raise, not inside a call (functions
+    written in C, numpy's or ``range()``, add no frame of their own)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("streamrec.")
+    if tb is None or not tb.tb_frame.f_globals.get("__name__", "").startswith("streamrec."):
+        return False
+    return tb.tb_frame.f_code.co_code[tb.tb_lasti] == _RAISE
 
 
 def build_dataset(cfg: DictConfig) -> SplitData:
