@@ -1040,12 +1040,25 @@ def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_pa
     export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
                     factory="Flat", progress=False)
     changed = Recommender.load(tmp_path / "a")
+    assert changed.recommend([], k=3, filters={"rank": [7, "seven"]}).item_ids == [1007]  # a stray string
+    assert 1007 in changed.recommend([], k=N_ITEMS, filters={"year": [float(items["year"][7]), "x"]}).item_ids
     changed.add_items([{"item_id": 8000, "title": "No rank", "genres": ["Comedy"], "year": 2025.0}])
     changed.save(tmp_path / "b")
     saved = Recommender.load(tmp_path / "b")
     ranks = {r.item_id: r.metadata["rank"] for r in saved.recommend([], k=N_ITEMS + 1)}
     assert ranks[8000] is None and ranks[1007] == 7 and type(ranks[1007]) is int
-    assert saved.recommend([], k=3, filters={"rank": [7]}).item_ids == [1007]
+    assert saved.recommend([], k=3, filters={"rank": [7, 7.0, "7"]}).item_ids == [1007]
+    with pytest.raises(ValueError, match=r"items\.rank: the catalogue's rank is numeric, got \['high'\]"):
+        saved.add_items([{"item_id": 8001, "title": "Bad", "rank": "high"}])
+    # One record with a rank and one without: pandas makes [5.0, NaN] of them, still ranks.
+    saved.add_items([{"item_id": 8002, "title": "Five", "rank": 5}, {"item_id": 8003, "title": "None"}])
+    saved.save(tmp_path / "c")
+    again = Recommender.load(tmp_path / "c")
+    ranks = {r.item_id: r.metadata["rank"] for r in again.recommend([], k=N_ITEMS + 3)}
+    assert (ranks[8002], ranks[8003], ranks[8000]) == (5, None, None) and type(ranks[8002]) is int
+    assert 8001 not in again
+    again.add_items([{"item_id": 8004, "title": "Half", "rank": 2.5}])  # a fraction makes the column float
+    assert next(r for r in again.recommend([], k=N_ITEMS + 4) if r.item_id == 8004).metadata["rank"] == 2.5
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])

@@ -47,8 +47,7 @@ class ItemTable:
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 scalars[name] = column  # converted one value at a time: a million titles load instantly
             elif pa.types.is_integer(column.type) and column.null_count:
-                # numpy would make floats of them (3 -> 3.0): Python ints and None, as append keeps them.
-                scalars[name] = np.array(column.to_pylist(), dtype=object)
+                scalars[name] = column.cast(pa.int64())  # numpy would make floats of them (3 -> 3.0)
             else:
                 scalars[name] = column.to_numpy(zero_copy_only=False)
         return cls(len(table), scalars, lists)
@@ -65,6 +64,8 @@ class ItemTable:
         """All rows as a DataFrame (list columns as lists), e.g. to save them again."""
         columns: dict[str, Any] = {}
         for name, values in self.scalars.items():
+            if isinstance(values, pa.Array) and pa.types.is_integer(values.type):
+                values = pd.array(values.to_pylist(), dtype="Int64")  # nullable: saved as int64 with nulls
             columns[name] = values.to_pandas() if isinstance(values, pa.Array) else values
         for name, (offsets, values) in self.lists.items():
             columns[name] = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(self.n)]
@@ -91,8 +92,16 @@ class ItemTable:
         if column in self.scalars:
             values = self.scalars[column]
             if isinstance(values, pa.Array):
-                value_set = pa.array([str(a) for a in allowed], type=values.type)  # typed: [] alone is null
+                if pa.types.is_integer(values.type):  # an integer column with missing values
+                    value_set = pa.array([int(a) for a in allowed if _whole(a)], type=pa.int64())
+                else:
+                    value_set = pa.array([str(a) for a in allowed], type=values.type)  # typed: [] alone is null
                 return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
+            if values.dtype.kind in "iu":  # typed: numpy compares [7, "x"] to ints as strings, never equal
+                allowed = np.array([int(a) for a in allowed if _whole(a)], dtype=np.int64)
+            elif values.dtype.kind == "f":
+                allowed = np.array([a for a in allowed if isinstance(a, (int, float, np.integer, np.floating))
+                                    and not isinstance(a, (bool, np.bool_))], dtype=np.float64)
             return np.isin(values, allowed)
         raise ValueError(f"filters: unknown metadata column {column!r}; the items have {self.columns}.")
 
@@ -102,6 +111,15 @@ class ItemTable:
         for name in dict.fromkeys([*self.scalars, *other.scalars]):
             parts = [t.scalars[name] if name in t.scalars else np.full(t.n, None, dtype=object) for t in (self, other)]
             existing, added = parts
+            unset = isinstance(existing, np.ndarray) and existing.dtype == object and pd.isna(existing).all()
+            if _integers(existing) or (unset and _integers(added)):
+                whole = [_int64(p) for p in parts]
+                if whole[0] is not None and whole[1] is not None:  # ints stay ints, missing ones None
+                    joined = pa.concat_arrays(whole)
+                    scalars[name] = joined.to_numpy() if joined.null_count == 0 else joined
+                    continue
+                if isinstance(existing, pa.Array):  # fractional or non-numeric values: checked below
+                    existing = existing.to_numpy(zero_copy_only=False)
             if isinstance(existing, np.ndarray) and isinstance(added, pa.Array):
                 added = np.asarray(added.to_pylist(), dtype=object)
             if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
@@ -109,7 +127,7 @@ class ItemTable:
                 continue
             missing = np.array([_python(v) is None for v in added], dtype=bool)
             if len(added) and missing.all() and existing.dtype.kind != "f":
-                # Nothing to coerce: keep the old values exactly (ints stay ints), None for the new.
+                # Nothing to coerce: keep the old values exactly (bools stay bools), None for the new.
                 existing, added = existing.astype(object), np.full(len(added), None, dtype=object)
             elif existing.dtype != added.dtype and existing.dtype.kind in "iufb":
                 try:  # keep the column's type: a numeric column stays numeric
@@ -128,6 +146,48 @@ class ItemTable:
             o2, v2 = other.lists.get(name, _empty_lists(other.n))
             lists[name] = (np.concatenate([o1, o2[1:] + o1[-1]]), np.concatenate([v1, v2]))
         return ItemTable(self.n + other.n, scalars, lists)
+
+
+def _integers(values: pa.Array | np.ndarray) -> bool:
+    """Whether ``values`` is an integer column (numpy ints, or arrow ints with missing values)."""
+    if isinstance(values, pa.Array):
+        return pa.types.is_integer(values.type)
+    return values.dtype.kind in "iu"
+
+
+def _int64(values: pa.Array | np.ndarray) -> pa.Array | None:
+    """``values`` as arrow int64 (missing: null), or None when one is not a whole number
+    within int64 (a fraction, a string, a bool)."""
+    if isinstance(values, pa.Array):
+        if not pa.types.is_integer(values.type):
+            return None
+        try:
+            return values.cast(pa.int64())
+        except pa.ArrowInvalid:  # uint64 past int64
+            return None
+    if values.dtype.kind in "iu":
+        if values.dtype.kind == "u" and len(values) and values.max() > np.iinfo(np.int64).max:
+            return None
+        return pa.array(values.astype(np.int64, copy=False))
+    out = []
+    for value in values:
+        value = _python(value)
+        if value is not None and not _whole(value):
+            return None
+        out.append(None if value is None else int(value))
+    try:
+        return pa.array(out, type=pa.int64())
+    except OverflowError:
+        return None
+
+
+def _whole(value: Any) -> bool:
+    """An int (not a bool) or a float with no fraction."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _strings(values: pa.Array | np.ndarray) -> pa.Array:
