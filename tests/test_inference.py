@@ -761,9 +761,18 @@ def test_tuning_counts_titles_tied_with_the_kth_as_hits(factory, full_scan):
     assert (value, measured) == (full_scan, 1.0)
     assert [p.recall for p in sweep] == sorted(p.recall for p in sweep)
     truth = exact_search(vectors, queries, 10)
-    shifted = np.where(truth % 3 == 2, truth - 1, truth)  # a tied copy in place of the one found
-    assert recall(shifted, truth, vectors, queries) == 1.0
+    swapped = truth.copy()  # the k-th title's other copy in its place, where the list lacks one
+    for row in swapped:
+        copies = [c for c in range(row[-1] // 3 * 3, row[-1] // 3 * 3 + 3) if c not in row]
+        row[-1] = copies[0] if copies else row[-1]
+    assert (swapped != truth).any() and recall(swapped, truth, vectors, queries) == 1.0
     assert recall(np.roll(truth, 1, axis=0), truth, vectors, queries) < 0.2  # other queries' lists
+    line = np.array([[1, 0], [0.9, 0], [0.5, 0], [0.5, 0], [0.5, 0]], dtype=np.float32)
+    query = np.array([[1, 0]], dtype=np.float32)
+    top3 = exact_search(line, query, 3)  # 0, 1 and one of the three tied at 0.5
+    assert recall(np.array([[0, 1, 4]]), top3, line, query) == 1.0
+    assert recall(np.array([[2, 3, 4]]), top3, line, query) == pytest.approx(1 / 3)  # copies miss 0 and 1
+    assert recall(np.array([[0, 0, 0]]), top3, line, query) == pytest.approx(1 / 3)  # one distinct hit
 
 
 def test_artifact_directory_is_readable_by_others(artifact):
