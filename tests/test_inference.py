@@ -1043,6 +1043,29 @@ def test_similar_items_of_an_approximate_index_skip_removed_titles(tmp_path, fac
     assert len(every_other) == N_ITEMS // 2 - 1 and set(every_other) == set(ids[3::2])
 
 
+def test_integer_metadata_filters_and_appends_keep_their_type():
+    from streamrec.inference.items import ItemTable
+
+    def table(**columns):
+        return ItemTable.from_frame(pd.DataFrame({"item_id": range(len(next(iter(columns.values())))), **columns}))
+
+    nullable, plain = table(rank=pd.array([1, None, 3], dtype="Int64")), table(rank=[1, 2])
+    assert nullable.mask("rank", [10**20, 3, True]).tolist() == [False, False, True]  # past int64: no row
+    assert plain.mask("rank", [2**63, 2]).tolist() == [False, True]
+    big = table(v=pd.array([2**63 + 5, None], dtype="UInt64"))
+    assert big.row(0)["v"] == 2**63 + 5 and big.mask("v", [2**63 + 5]).tolist() == [True, False]
+    saved = ItemTable.from_arrow(pa.Table.from_pandas(big.to_frame(), preserve_index=False))
+    assert [saved.row(i)["v"] for i in range(2)] == [2**63 + 5, None]
+    assert [big.append(table(v=[7])).value("v", i) for i in range(3)] == [2**63 + 5, None, 7]
+    for bad in ([True], ["high"]):  # a bool or a word in a numeric column
+        with pytest.raises(ValueError, match=r"items\.rank: the catalogue's rank is numeric"):
+            nullable.append(table(rank=pd.Series(bad, dtype=object)))
+        with pytest.raises(ValueError, match=r"items\.rank: the catalogue's rank is numeric"):
+            plain.append(table(rank=pd.Series(bad, dtype=object)))
+    joined = nullable.append(table(rank=["7"]))
+    assert [joined.value("rank", i) for i in range(4)] == [1, None, 3, 7] and type(joined.value("rank", 3)) is int
+
+
 def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_path):
     model, spec, items, popularity = tiny_catalogue()
     items["rank"] = np.arange(N_ITEMS)
@@ -1050,6 +1073,8 @@ def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_pa
                     factory="Flat", progress=False)
     changed = Recommender.load(tmp_path / "a")
     assert changed.recommend([], k=3, filters={"rank": [7, "seven"]}).item_ids == [1007]  # a stray string
+    assert changed.recommend([], k=3, filters={"rank": [True]}).item_ids == []  # cached apart from [1]
+    assert changed.recommend([], k=3, filters={"rank": [1]}).item_ids == [1001]
     assert 1007 in changed.recommend([], k=N_ITEMS, filters={"year": [float(items["year"][7]), "x"]}).item_ids
     changed.add_items([{"item_id": 8000, "title": "No rank", "genres": ["Comedy"], "year": 2025.0}])
     changed.save(tmp_path / "b")

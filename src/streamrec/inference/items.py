@@ -47,7 +47,7 @@ class ItemTable:
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 scalars[name] = column  # converted one value at a time: a million titles load instantly
             elif pa.types.is_integer(column.type) and column.null_count:
-                scalars[name] = column.cast(pa.int64())  # numpy would make floats of them (3 -> 3.0)
+                scalars[name] = column  # numpy would make floats of them (3 -> 3.0)
             else:
                 scalars[name] = column.to_numpy(zero_copy_only=False)
         return cls(len(table), scalars, lists)
@@ -65,7 +65,8 @@ class ItemTable:
         columns: dict[str, Any] = {}
         for name, values in self.scalars.items():
             if isinstance(values, pa.Array) and pa.types.is_integer(values.type):
-                values = pd.array(values.to_pylist(), dtype="Int64")  # nullable: saved as int64 with nulls
+                columns[name] = values.to_pandas(types_mapper=pd.ArrowDtype)  # saved as integers with nulls
+                continue
             columns[name] = values.to_pandas() if isinstance(values, pa.Array) else values
         for name, (offsets, values) in self.lists.items():
             columns[name] = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(self.n)]
@@ -93,12 +94,13 @@ class ItemTable:
             values = self.scalars[column]
             if isinstance(values, pa.Array):
                 if pa.types.is_integer(values.type):  # an integer column with missing values
-                    value_set = pa.array([int(a) for a in allowed if _whole(a)], type=pa.int64())
+                    dtype = np.dtype(values.type.to_pandas_dtype())
+                    value_set = pa.array(_in_range(allowed, dtype), type=values.type)
                 else:
                     value_set = pa.array([str(a) for a in allowed], type=values.type)  # typed: [] alone is null
                 return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
             if values.dtype.kind in "iu":  # typed: numpy compares [7, "x"] to ints as strings, never equal
-                allowed = np.array([int(a) for a in allowed if _whole(a)], dtype=np.int64)
+                allowed = np.array(_in_range(allowed, values.dtype), dtype=values.dtype)
             elif values.dtype.kind == "f":
                 allowed = np.array([a for a in allowed if isinstance(a, (int, float, np.integer, np.floating))
                                     and not isinstance(a, (bool, np.bool_))], dtype=np.float64)
@@ -113,13 +115,8 @@ class ItemTable:
             existing, added = parts
             unset = isinstance(existing, np.ndarray) and existing.dtype == object and pd.isna(existing).all()
             if _integers(existing) or (unset and _integers(added)):
-                whole = [_int64(p) for p in parts]
-                if whole[0] is not None and whole[1] is not None:  # ints stay ints, missing ones None
-                    joined = pa.concat_arrays(whole)
-                    scalars[name] = joined.to_numpy() if joined.null_count == 0 else joined
-                    continue
-                if isinstance(existing, pa.Array):  # fractional or non-numeric values: checked below
-                    existing = existing.to_numpy(zero_copy_only=False)
+                scalars[name] = _joined_integers(name, existing, added)
+                continue
             if isinstance(existing, np.ndarray) and isinstance(added, pa.Array):
                 added = np.asarray(added.to_pylist(), dtype=object)
             if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
@@ -155,30 +152,55 @@ def _integers(values: pa.Array | np.ndarray) -> bool:
     return values.dtype.kind in "iu"
 
 
-def _int64(values: pa.Array | np.ndarray) -> pa.Array | None:
-    """``values`` as arrow int64 (missing: null), or None when one is not a whole number
-    within int64 (a fraction, a string, a bool)."""
-    if isinstance(values, pa.Array):
-        if not pa.types.is_integer(values.type):
-            return None
+def _joined_integers(name: str, existing: pa.Array | np.ndarray, added: pa.Array | np.ndarray) -> pa.Array | np.ndarray:
+    """An integer column ``existing`` (or one missing so far) followed by ``added``.
+
+    New values may be ints, whole floats, numeric strings or missing: the column stays
+    integer, as numpy ints, or as an arrow integer array when values are missing. A
+    fraction makes it float. Anything else (a bool, a word) is refused.
+    """
+    numbers = _python_numbers(name, added)
+    if any(isinstance(v, float) and not v.is_integer() for v in numbers):  # e.g. a rank of 2.5
+        old = existing.to_numpy(zero_copy_only=False) if isinstance(existing, pa.Array) else existing
+        new = np.array([np.nan if v is None else v for v in numbers], dtype=np.float64)
+        return np.concatenate([old.astype(np.float64), new])
+    ints = [None if v is None else int(v) for v in numbers]
+    if isinstance(existing, pa.Array):
+        old = existing
+    elif existing.dtype == object:  # the column is new with these titles
+        old = pa.nulls(len(existing), pa.int64())
+    else:
+        old = pa.array(existing)
+    for common in (pa.int64(), pa.uint64()):  # the ids of a uint64 column may pass int64's range
         try:
-            return values.cast(pa.int64())
-        except pa.ArrowInvalid:  # uint64 past int64
-            return None
-    if values.dtype.kind in "iu":
-        if values.dtype.kind == "u" and len(values) and values.max() > np.iinfo(np.int64).max:
-            return None
-        return pa.array(values.astype(np.int64, copy=False))
-    out = []
-    for value in values:
-        value = _python(value)
-        if value is not None and not _whole(value):
-            return None
-        out.append(None if value is None else int(value))
-    try:
-        return pa.array(out, type=pa.int64())
-    except OverflowError:
-        return None
+            joined = pa.concat_arrays([old.cast(common), pa.array(ints, type=common)])
+        except (pa.ArrowInvalid, OverflowError):
+            continue
+        return joined.to_numpy() if joined.null_count == 0 else joined
+    raise ValueError(f"items.{name}: the values do not fit one integer type (int64 or uint64).")
+
+
+def _python_numbers(name: str, values: pa.Array | np.ndarray) -> list[int | float | None]:
+    """``values`` as Python numbers (missing: None); numeric strings are read, bools and other
+    text refused with the column named."""
+    out: list[int | float | None] = []
+    for given in values.to_pylist() if isinstance(values, pa.Array) else values.tolist():
+        value = _python(given)
+        if isinstance(value, str):
+            try:
+                value = _python(pd.to_numeric(value))
+            except (TypeError, ValueError):
+                value = True  # refused below
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"items.{name}: the catalogue's {name} is numeric, got {[given]!r}.")
+        out.append(value)
+    return out
+
+
+def _in_range(allowed: Iterable[Any], dtype: np.dtype) -> list[int]:
+    """The whole numbers among ``allowed`` that ``dtype`` can hold (others match no row)."""
+    info = np.iinfo(dtype)
+    return [int(a) for a in allowed if _whole(a) and info.min <= int(a) <= info.max]
 
 
 def _whole(value: Any) -> bool:

@@ -711,19 +711,20 @@ class Recommender:
         for column, allowed in filters.items():
             if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable):
                 raise ValueError(f"filters[{column!r}]: expected a list of allowed values, got {allowed!r}.")
-            try:
-                key_parts.append((column, frozenset(allowed)))
+            allowed = list(allowed)
+            try:  # typed: True == 1 == 1.0 as set members, but not as a string column's values
+                key_parts.append((column, frozenset((type(a), a) for a in allowed), allowed))
             except TypeError:
                 raise ValueError(f"filters[{column!r}]: allowed values must be plain values (str, int, ...), "
                                  f"got {allowed!r}.") from None
-        key = (catalogue.version, tuple(sorted(key_parts, key=lambda part: str(part[0]))))
+        key = (catalogue.version, tuple(sorted((part[:2] for part in key_parts), key=lambda part: str(part[0]))))
         with self._masks_lock:
             cached = self._masks.get(key)
             if cached is not None:
                 self._masks.move_to_end(key)
                 return cached
         mask = catalogue.active.copy()
-        for column, allowed in key_parts:
+        for column, _, allowed in key_parts:
             mask &= catalogue.table.mask(column, allowed)
         entry = (mask, int(mask.sum()))
         with self._masks_lock:
