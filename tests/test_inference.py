@@ -773,6 +773,10 @@ def test_tuning_counts_titles_tied_with_the_kth_as_hits(factory, full_scan):
     assert recall(np.array([[0, 1, 4]]), top3, line, query) == 1.0
     assert recall(np.array([[2, 3, 4]]), top3, line, query) == pytest.approx(1 / 3)  # copies miss 0 and 1
     assert recall(np.array([[0, 0, 0]]), top3, line, query) == pytest.approx(1 / 3)  # one distinct hit
+    for seed in range(5):  # an exact list against itself, k-th scores near 0 included
+        many = np.random.default_rng(seed).normal(size=(550, 16)).astype(np.float32)
+        deep = exact_search(many[:500], many[500:], 250)
+        assert recall(deep, deep, many[:500], many[500:]) == 1.0
 
 
 def test_artifact_directory_is_readable_by_others(artifact):

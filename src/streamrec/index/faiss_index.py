@@ -145,10 +145,12 @@ def recall(found: np.ndarray, truth: np.ndarray, vectors: np.ndarray, queries: n
         t = t[t >= 0]
         if not len(t):
             continue
-        exact = vectors[t] @ q
+        f = np.unique(f[f >= 0])
+        ids = np.union1d(t, f)  # each title scored once: two products could round one apart
+        score = vectors[ids] @ q
+        exact, scores = score[np.searchsorted(ids, t)], score[np.searchsorted(ids, f)]
         kth = float(exact.min())
         tolerance = TIE_TOLERANCE * max(abs(kth), 1e-12)
-        scores = vectors[np.unique(f[f >= 0])] @ q
         above = int(np.count_nonzero(scores > kth + tolerance))
         tied = min(int(np.count_nonzero(np.abs(scores - kth) <= tolerance)),
                    int(np.count_nonzero(exact <= kth + tolerance)))
