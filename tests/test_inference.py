@@ -1099,6 +1099,31 @@ def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_pa
     assert next(r for r in again.recommend([], k=N_ITEMS + 4) if r.item_id == 8004).metadata["rank"] == 2.5
 
 
+def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
+    """add_items' records keep their types: pandas alone makes floats of [True, missing] and
+    [2**60 + 1, missing], which turned a maturity flag into 1.0 / 0.0 for every title."""
+    model, spec, items, popularity = tiny_catalogue()
+    items["kids"] = np.arange(N_ITEMS) % 2 == 0
+    items["code"] = [f"c{i}" for i in range(N_ITEMS)]
+    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="Flat", progress=False)
+    changed = Recommender.load(tmp_path / "a")
+    changed.add_items([{"item_id": 9000, "title": "T", "kids": True, "rank": 2**60 + 1, "code": 7},
+                       {"item_id": 9001, "title": "U"}])
+    changed.save(tmp_path / "b")
+    for served in (changed, Recommender.load(tmp_path / "b")):
+        rows = {r.item_id: r.metadata for r in served.recommend([], k=N_ITEMS + 2)}
+        assert [rows[i]["kids"] for i in (1000, 1001, 9000, 9001)] == [True, False, True, None]
+        assert {type(rows[i]["kids"]) for i in (1000, 1001, 9000)} == {bool}  # 1.0 == True: check the type
+        assert (rows[9000]["rank"], rows[9001]["rank"], rows[9000]["code"]) == (2**60 + 1, None, "7")
+        kids = served.recommend([], k=N_ITEMS + 2, filters={"kids": [True]}).item_ids
+        assert len(kids) == N_ITEMS // 2 + 1 and 9000 in kids and 9001 not in kids
+        assert served.recommend([], k=3, filters={"rank": [2**60 + 1]}).item_ids == [9000]
+    for flag in ("yes", 1):
+        with pytest.raises(ValueError, match=r"items\.kids: the catalogue's kids is true/false"):
+            changed.add_items([{"item_id": 9100, "title": "X", "kids": flag}])
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
 def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()

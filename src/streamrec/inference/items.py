@@ -46,8 +46,8 @@ class ItemTable:
                 lists[name] = (offsets - offsets[0], values)
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 scalars[name] = column  # converted one value at a time: a million titles load instantly
-            elif pa.types.is_integer(column.type) and column.null_count:
-                scalars[name] = column  # numpy would make floats of them (3 -> 3.0)
+            elif (pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)) and column.null_count:
+                scalars[name] = column  # numpy would make floats (3 -> 3.0) or objects of them
             else:
                 scalars[name] = column.to_numpy(zero_copy_only=False)
         return cls(len(table), scalars, lists)
@@ -64,8 +64,8 @@ class ItemTable:
         """All rows as a DataFrame (list columns as lists), e.g. to save them again."""
         columns: dict[str, Any] = {}
         for name, values in self.scalars.items():
-            if isinstance(values, pa.Array) and pa.types.is_integer(values.type):
-                columns[name] = values.to_pandas(types_mapper=pd.ArrowDtype)  # saved as integers with nulls
+            if isinstance(values, pa.Array) and not _text(values):
+                columns[name] = values.to_pandas(types_mapper=pd.ArrowDtype)  # saved with their type and nulls
                 continue
             columns[name] = values.to_pandas() if isinstance(values, pa.Array) else values
         for name, (offsets, values) in self.lists.items():
@@ -96,11 +96,15 @@ class ItemTable:
                 if pa.types.is_integer(values.type):  # an integer column with missing values
                     dtype = np.dtype(values.type.to_pandas_dtype())
                     value_set = pa.array(_in_range(allowed, dtype), type=values.type)
+                elif pa.types.is_boolean(values.type):  # a true/false column with missing values
+                    value_set = pa.array(_booleans_in(allowed), type=pa.bool_())
                 else:
                     value_set = pa.array([str(a) for a in allowed], type=values.type)  # typed: [] alone is null
                 return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
             if values.dtype.kind in "iu":  # typed: numpy compares [7, "x"] to ints as strings, never equal
                 allowed = np.array(_in_range(allowed, values.dtype), dtype=values.dtype)
+            elif values.dtype.kind == "b":
+                allowed = np.array(_booleans_in(allowed), dtype=bool)
             elif values.dtype.kind == "f":
                 allowed = np.array([a for a in allowed if isinstance(a, (int, float, np.integer, np.floating))
                                     and not isinstance(a, (bool, np.bool_))], dtype=np.float64)
@@ -117,6 +121,9 @@ class ItemTable:
             if _integers(existing) or (unset and _integers(added)):
                 scalars[name] = _joined_integers(name, existing, added)
                 continue
+            if _booleans(existing) or (unset and _booleans(added)):
+                scalars[name] = _joined_booleans(name, existing, added)
+                continue
             if isinstance(existing, np.ndarray) and isinstance(added, pa.Array):
                 added = np.asarray(added.to_pylist(), dtype=object)
             if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
@@ -124,7 +131,7 @@ class ItemTable:
                 continue
             missing = np.array([_python(v) is None for v in added], dtype=bool)
             if len(added) and missing.all() and existing.dtype.kind != "f":
-                # Nothing to coerce: keep the old values exactly (bools stay bools), None for the new.
+                # Nothing to coerce: keep the old values exactly, None for the new.
                 existing, added = existing.astype(object), np.full(len(added), None, dtype=object)
             elif existing.dtype != added.dtype and existing.dtype.kind in "iufb":
                 try:  # keep the column's type: a numeric column stays numeric
@@ -180,6 +187,37 @@ def _joined_integers(name: str, existing: pa.Array | np.ndarray, added: pa.Array
     raise ValueError(f"items.{name}: the values do not fit one integer type (int64 or uint64).")
 
 
+def _booleans(values: pa.Array | np.ndarray) -> bool:
+    """Whether ``values`` is a true/false column (numpy bools, or arrow bools with missing values)."""
+    if isinstance(values, pa.Array):
+        return pa.types.is_boolean(values.type)
+    return values.dtype.kind == "b"
+
+
+def _joined_booleans(name: str, existing: pa.Array | np.ndarray, added: pa.Array | np.ndarray) -> pa.Array | np.ndarray:
+    """A true/false column ``existing`` (or one missing so far) followed by ``added``, whose
+    values must be bools or missing (as numpy bools, or arrow bools when values are missing)."""
+    new = []
+    for given in added.to_pylist() if isinstance(added, pa.Array) else added.tolist():
+        value = _python(given)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"items.{name}: the catalogue's {name} is true/false, got {[given]!r}.")
+        new.append(value)
+    old = existing if isinstance(existing, pa.Array) else (
+        pa.nulls(len(existing), pa.bool_()) if existing.dtype == object else pa.array(existing))
+    joined = pa.concat_arrays([old, pa.array(new, type=pa.bool_())])
+    return joined.to_numpy(zero_copy_only=False) if joined.null_count == 0 else joined
+
+
+def _booleans_in(allowed: Iterable[Any]) -> list[bool]:
+    """The bools among ``allowed`` (a true/false column matches no number or text)."""
+    return [bool(a) for a in allowed if isinstance(a, (bool, np.bool_))]
+
+
+def _text(values: pa.Array) -> bool:
+    return pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+
+
 def _python_numbers(name: str, values: pa.Array | np.ndarray) -> list[int | float | None]:
     """``values`` as Python numbers (missing: None); numeric strings are read, bools and other
     text refused with the column named."""
@@ -213,8 +251,10 @@ def _whole(value: Any) -> bool:
 
 
 def _strings(values: pa.Array | np.ndarray) -> pa.Array:
-    if isinstance(values, pa.Array):
+    if isinstance(values, pa.Array) and _text(values):
         return values.cast(pa.large_string())
+    if isinstance(values, pa.Array):  # ints or bools with missing values, into a text column: as str() writes them
+        values = values.to_pylist()
     return pa.array([None if _python(v) is None else str(v) for v in values], type=pa.large_string())
 
 

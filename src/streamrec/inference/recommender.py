@@ -454,8 +454,9 @@ class Recommender:
                 raise ValueError(f"items: expected a DataFrame or a list of records (mappings), "
                                  f"got {_described(items)}.")
             records = list(items)
-            try:
-                frame = pd.DataFrame(records)  # mappings, Series, dataclasses, named tuples
+            try:  # mappings, Series, dataclasses, named tuples; as objects: pandas makes floats of
+                # [5, missing] and of [True, missing], which the catalogue's int or bool column would take
+                frame = pd.DataFrame(records, dtype=object)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"items: expected a DataFrame or a list of records (mappings) ({error}).") from None
             if records and all(isinstance(record, Mapping) for record in records):
@@ -712,8 +713,8 @@ class Recommender:
             if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable):
                 raise ValueError(f"filters[{column!r}]: expected a list of allowed values, got {allowed!r}.")
             allowed = list(allowed)
-            try:  # typed: True == 1 == 1.0 as set members, but not as a string column's values
-                key_parts.append((column, frozenset((type(a), a) for a in allowed), allowed))
+            try:  # typed: True == 1 == 1.0 and 0.0 == -0.0 as set members, not as a string column's values
+                key_parts.append((column, frozenset((type(a), a, str(a)) for a in allowed), allowed))
             except TypeError:
                 raise ValueError(f"filters[{column!r}]: allowed values must be plain values (str, int, ...), "
                                  f"got {allowed!r}.") from None
