@@ -1095,8 +1095,11 @@ def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_pa
     ranks = {r.item_id: r.metadata["rank"] for r in again.recommend([], k=N_ITEMS + 3)}
     assert (ranks[8002], ranks[8003], ranks[8000]) == (5, None, None) and type(ranks[8002]) is int
     assert 8001 not in again
+    again.add_items([{"item_id": 8005, "rank": 3}, {"item_id": 8006, "rank": "4"}])  # a number, a numeric string
+    ranks = {r.item_id: r.metadata["rank"] for r in again.recommend([], k=N_ITEMS + 5)}
+    assert (ranks[8005], ranks[8006]) == (3, 4) and type(ranks[8006]) is int
     again.add_items([{"item_id": 8004, "title": "Half", "rank": 2.5}])  # a fraction makes the column float
-    assert next(r for r in again.recommend([], k=N_ITEMS + 4) if r.item_id == 8004).metadata["rank"] == 2.5
+    assert next(r for r in again.recommend([], k=N_ITEMS + 6) if r.item_id == 8004).metadata["rank"] == 2.5
 
 
 def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
@@ -1122,6 +1125,19 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     for flag in ("yes", 1):
         with pytest.raises(ValueError, match=r"items\.kids: the catalogue's kids is true/false"):
             changed.add_items([{"item_id": 9100, "title": "X", "kids": flag}])
+    # Values pandas would type otherwise: past int64 beside a missing one, a date, float32 then a big int,
+    # a number beside a numeric string.
+    items["big"], items["released"], items["score"] = np.uint64(2**63), pd.Timestamp("2020-01-01"), 0.5
+    export_artifact(tmp_path / "c", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
+                    factory="Flat", progress=False)
+    typed = Recommender.load(tmp_path / "c")
+    typed.add_items([{"item_id": 9200, "big": 2**63 + 5, "released": np.datetime64("2031-01-01"),
+                      "score": np.float32(0.5), "rank": 3},
+                     {"item_id": 9201, "score": np.int64(16777217), "rank": "4"}])
+    rows = {r.item_id: r.metadata for r in typed.recommend([], k=N_ITEMS + 2)}
+    assert (rows[9200]["big"], rows[9201]["big"], rows[9201]["score"]) == (2**63 + 5, None, 16777217.0)
+    assert (rows[9200]["rank"], rows[9201]["rank"]) == ("3", "4")  # a new column, given mixed: text
+    assert pd.Timestamp(rows[9200]["released"]) == pd.Timestamp("2031-01-01")
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])

@@ -58,7 +58,22 @@ class ItemTable:
         frame = frame.copy()
         for c in lists:  # a list column with missing cells: make them empty lists
             frame[c] = frame[c].map(lambda v: list(v) if isinstance(v, (list, tuple, np.ndarray)) else [])
-        return cls.from_arrow(pa.Table.from_pandas(frame, preserve_index=False))
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+        except (pa.ArrowException, OverflowError, TypeError):
+            # A column of mixed values ([3, "4"]): as text, which appending to a numeric
+            # column reads back as numbers (and refuses where they are not).
+            arrays = {}
+            for c in frame.columns:
+                try:
+                    arrays[c] = pa.array(frame[c], from_pandas=True)
+                except (pa.ArrowException, OverflowError, TypeError) as error:
+                    if c in lists:
+                        raise ValueError(f"items.{c}: the lists' values must be of one type ({error}).") from None
+                    arrays[c] = pa.array([None if v is pd.NA or _python(v) is None else str(v) for v in frame[c]],
+                                         type=pa.large_string())
+            table = pa.table(arrays)
+        return cls.from_arrow(table)
 
     def to_frame(self) -> pd.DataFrame:
         """All rows as a DataFrame (list columns as lists), e.g. to save them again."""

@@ -454,9 +454,8 @@ class Recommender:
                 raise ValueError(f"items: expected a DataFrame or a list of records (mappings), "
                                  f"got {_described(items)}.")
             records = list(items)
-            try:  # mappings, Series, dataclasses, named tuples; as objects: pandas makes floats of
-                # [5, missing] and of [True, missing], which the catalogue's int or bool column would take
-                frame = pd.DataFrame(records, dtype=object)
+            try:
+                frame = _records_frame(records)  # mappings, Series, dataclasses, named tuples
             except (TypeError, ValueError) as error:
                 raise ValueError(f"items: expected a DataFrame or a list of records (mappings) ({error}).") from None
             if records and all(isinstance(record, Mapping) for record in records):
@@ -1030,6 +1029,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
         return int(value)
     return value
+
+
+def _records_frame(records: list[Any]) -> pd.DataFrame:
+    """``records`` as a DataFrame typed by pandas, except where pandas makes floats or
+    objects of ints or bools beside a missing value ([5, missing] -> [5.0, NaN]: a
+    catalogue's int column would take 2**60 + 1 rounded, a bool column 1.0): those stay
+    nullable ints, or bools and None."""
+    typed = pd.DataFrame(records)
+    raw = pd.DataFrame(records, dtype=object)
+    for column in typed.columns:
+        if typed[column].dtype.kind not in "fO":
+            continue
+        present = [v for v in raw[column] if not _missing(v)]
+        if not present or len(present) == len(raw):
+            continue
+        if all(isinstance(v, (bool, np.bool_)) for v in present):
+            typed[column] = raw[column].map(lambda v: None if _missing(v) else bool(v))
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+            big = max(int(v) for v in present) > np.iinfo(np.int64).max
+            typed[column] = pd.array([None if _missing(v) else int(v) for v in raw[column]],
+                                     dtype="UInt64" if big else "Int64")
+    return typed
 
 
 def _missing(value: Any) -> bool:
