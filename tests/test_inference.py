@@ -1131,6 +1131,9 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     export_artifact(tmp_path / "c", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
                     factory="Flat", progress=False)
     typed = Recommender.load(tmp_path / "c")
+    years = typed.add_items([{"item_id": 9300, "title": "Dated", "year": 2030}, {"item_id": 9301, "year": pd.NA}])
+    assert years == [9300, 9301]  # a year beside a missing one (pandas' nullable ints): still embedded
+    typed.remove_items(years)
     typed.add_items([{"item_id": 9200, "big": 2**63 + 5, "released": np.datetime64("2031-01-01"),
                       "score": np.float32(0.5), "rank": 3},
                      {"item_id": 9201, "score": np.int64(16777217), "rank": "4"}])

@@ -842,8 +842,8 @@ class Recommender:
         for column in ("year",):
             if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").isna().any():
                 bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()].tolist()
-                if any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in bad):
-                    raise ValueError(f"items.{column}: non-numeric values {bad[:5]}.")
+                if not all(map(_missing, bad)):  # missing (None, NaN, pandas' NA): the year is unknown
+                    raise ValueError(f"items.{column}: non-numeric values {[v for v in bad if not _missing(v)][:5]}.")
         features = build_item_features(frame, genre_vocab=encoder["genre_vocab"], year_mean=encoder["year_mean"],
                                        year_std=encoder["year_std"], text_buckets=encoder["text_buckets"],
                                        max_tokens=encoder["max_tokens"])
