@@ -1134,6 +1134,8 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     years = typed.add_items([{"item_id": 9300, "title": "Dated", "year": 2030}, {"item_id": 9301, "year": pd.NA}])
     assert years == [9300, 9301]  # a year beside a missing one (pandas' nullable ints): still embedded
     typed.remove_items(years)
+    with pytest.raises(ValueError, match=r"items\.big: the values do not fit one integer type"):
+        typed.add_items([{"item_id": 9400, "big": -1}, {"item_id": 9401, "big": 2**63}, {"item_id": 9402}])
     typed.add_items([{"item_id": 9200, "big": 2**63 + 5, "released": np.datetime64("2031-01-01"),
                       "score": np.float32(0.5), "rank": 3},
                      {"item_id": 9201, "score": np.int64(16777217), "rank": "4"}])

@@ -1047,9 +1047,11 @@ def _records_frame(records: list[Any]) -> pd.DataFrame:
         if all(isinstance(v, (bool, np.bool_)) for v in present):
             typed[column] = raw[column].map(lambda v: None if _missing(v) else bool(v))
         elif all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
-            big = max(int(v) for v in present) > np.iinfo(np.int64).max
-            typed[column] = pd.array([None if _missing(v) else int(v) for v in raw[column]],
-                                     dtype="UInt64" if big else "Int64")
+            low, high = min(map(int, present)), max(map(int, present))
+            dtype = "Int64" if high <= np.iinfo(np.int64).max else "UInt64"
+            if low < np.iinfo(dtype.lower()).min or high > np.iinfo(dtype.lower()).max:
+                continue  # no one integer type holds them: appending refuses them by name
+            typed[column] = pd.array([None if _missing(v) else int(v) for v in raw[column]], dtype=dtype)
     return typed
 
 
