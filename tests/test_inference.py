@@ -1125,6 +1125,8 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     for flag in ("yes", 1):
         with pytest.raises(ValueError, match=r"items\.kids: the catalogue's kids is true/false"):
             changed.add_items([{"item_id": 9100, "title": "X", "kids": flag}])
+    with pytest.raises(ValueError, match=r"items\.year: the catalogue's year is numeric, got \[True\]"):
+        changed.add_items([{"item_id": 9101, "title": "X", "year": True}])  # a float column, as an int one
     # Values pandas would type otherwise: past int64 beside a missing one, a date, float32 then a big int,
     # a number beside a numeric string.
     items["big"], items["released"], items["score"] = np.uint64(2**63), pd.Timestamp("2020-01-01"), 0.5

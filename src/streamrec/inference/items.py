@@ -150,11 +150,13 @@ class ItemTable:
                 existing, added = existing.astype(object), np.full(len(added), None, dtype=object)
             elif existing.dtype != added.dtype and existing.dtype.kind in "iufb":
                 try:  # keep the column's type: a numeric column stays numeric
+                    if existing.dtype.kind in "iuf" and any(isinstance(_python(v), bool) for v in added):
+                        raise TypeError("a bool is not a number here")
                     added = pd.to_numeric(pd.Series(added, dtype=object), errors="raise").to_numpy()
                     added = added.astype(np.result_type(existing.dtype, added.dtype))
                 except (TypeError, ValueError):
                     raise ValueError(f"items.{name}: the catalogue's {name} is numeric, "
-                                     f"got {list(added[:5])}.") from None
+                                     f"got {[_python(v) for v in added[:5]]}.") from None
                 existing = existing.astype(added.dtype)
             elif existing.dtype != added.dtype:
                 existing, added = existing.astype(object), added.astype(object)
