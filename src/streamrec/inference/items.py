@@ -195,7 +195,7 @@ def _joined_integers(name: str, existing: pa.Array | np.ndarray, added: pa.Array
         old = pa.nulls(len(existing), pa.int64())
     else:
         old = pa.array(existing)
-    for common in (pa.int64(), pa.uint64()):  # the ids of a uint64 column may pass int64's range
+    for common in (pa.int64(), pa.uint64()):  # a uint64 column's values may pass int64's range
         try:
             joined = pa.concat_arrays([old.cast(common), pa.array(ints, type=common)])
         except (pa.ArrowInvalid, OverflowError):
