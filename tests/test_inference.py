@@ -54,6 +54,14 @@ def tiny_catalogue(seed: int = 0):
     return model, spec, items, popularity
 
 
+def exported(path: Path, model: TwoTower, spec: dict, items: pd.DataFrame, popularity: np.ndarray,
+             factory: str) -> Recommender:
+    """``export_artifact`` of this catalogue at ``path`` (tuned on 20 item vectors), loaded."""
+    export_artifact(path, model, spec, items, popularity, model.all_item_vectors().numpy()[:20], factory=factory,
+                    progress=False)
+    return Recommender.load(path)
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     model, spec, items, popularity = tiny_catalogue()
@@ -207,9 +215,7 @@ def test_a_members_watched_titles_do_not_leak_into_the_next_members_list(tmp_pat
     """Exclusion marks a member's watched rows in per-thread flags and unmarks them after:
     the next member (same thread), who watched nothing of it, may be recommended them."""
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory=factory, progress=False)
-    recommender = Recommender.load(tmp_path / "a")
+    recommender = exported(tmp_path / "a", model, spec, items, popularity, factory)
     ids = items["item_id"].tolist()
     member = ids[40:45]
     alone = recommender.recommend(member, k=10).item_ids
@@ -368,9 +374,7 @@ def test_ids_that_are_not_servable_do_not_widen_the_search(tmp_path):
     """Unknown and removed ids exclude nothing, so they must not raise how many results
     FAISS is asked for (with HNSW that k also widens the graph search and changes the list)."""
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "h", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="HNSW16", progress=False)
-    recommender = Recommender.load(tmp_path / "h")
+    recommender = exported(tmp_path / "h", model, spec, items, popularity, "HNSW16")
     ids = items["item_id"].tolist()
     asked = []
     search = recommender._catalogue.index.search_c  # search_c(n, x, k, distances, labels, params)
@@ -525,9 +529,7 @@ def test_a_mapped_index_and_a_read_one_serve_and_change_alike(tmp_path, monkeypa
     import faiss
 
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory=factory, progress=False)
-    mapped = Recommender.load(tmp_path / "a")
+    mapped = exported(tmp_path / "a", model, spec, items, popularity, factory)
     read_index = faiss.read_index
 
     def cannot_map(path, flags=0):
@@ -873,9 +875,7 @@ def test_manifest_without_checksums_is_rejected(copy_of_artifact):
 def test_threads_search_an_hnsw_catalogue_with_removed_titles(tmp_path):
     """HNSW cannot delete: removed rows are skipped by a FAISS selector shared by all threads."""
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "h", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="HNSW16", progress=False)
-    recommender = Recommender.load(tmp_path / "h")
+    recommender = exported(tmp_path / "h", model, spec, items, popularity, "HNSW16")
     ids = items["item_id"].tolist()
     removed = set(ids[:50])
     recommender.remove_items(ids[:50])
@@ -1001,9 +1001,7 @@ def test_similar_items_matches_brute_force_as_titles_come_and_go(tmp_path, norma
     nearest, so the last of the k + 1 is dropped instead."""
     model, spec, items, popularity = tiny_catalogue()
     model.config.normalize = normalize
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="Flat", progress=False)
-    recommender = Recommender.load(tmp_path / "a")
+    recommender = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
     ids = items["item_id"].tolist()
     not_own_nearest = 0
 
@@ -1034,9 +1032,7 @@ def test_similar_items_matches_brute_force_as_titles_come_and_go(tmp_path, norma
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF8,Flat"])
 def test_similar_items_of_an_approximate_index_skip_removed_titles(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory=factory, progress=False)
-    recommender = Recommender.load(tmp_path / "a")
+    recommender = exported(tmp_path / "a", model, spec, items, popularity, factory)
     ids = items["item_id"].tolist()
     recommender.remove_items(ids[::2])
     for item_id in ids[1::10]:
@@ -1073,9 +1069,7 @@ def test_integer_metadata_filters_and_appends_keep_their_type():
 def test_an_integer_column_with_missing_values_stays_integer_through_save(tmp_path):
     model, spec, items, popularity = tiny_catalogue()
     items["rank"] = np.arange(N_ITEMS)
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="Flat", progress=False)
-    changed = Recommender.load(tmp_path / "a")
+    changed = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
     assert changed.recommend([], k=3, filters={"rank": [7, "seven"]}).item_ids == [1007]  # a stray string
     assert changed.recommend([], k=3, filters={"rank": [True]}).item_ids == []  # cached apart from [1]
     assert changed.recommend([], k=3, filters={"rank": [1]}).item_ids == [1001]
@@ -1108,9 +1102,7 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     model, spec, items, popularity = tiny_catalogue()
     items["kids"] = np.arange(N_ITEMS) % 2 == 0
     items["code"] = [f"c{i}" for i in range(N_ITEMS)]
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="Flat", progress=False)
-    changed = Recommender.load(tmp_path / "a")
+    changed = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
     changed.add_items([{"item_id": 9000, "title": "T", "kids": True, "rank": 2**60 + 1, "code": 7},
                        {"item_id": 9001, "title": "U"}])
     changed.save(tmp_path / "b")
@@ -1130,9 +1122,7 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     # Values pandas would type otherwise: past int64 beside a missing one, a date, float32 then a big int,
     # a number beside a numeric string.
     items["big"], items["released"], items["score"] = np.uint64(2**63), pd.Timestamp("2020-01-01"), 0.5
-    export_artifact(tmp_path / "c", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory="Flat", progress=False)
-    typed = Recommender.load(tmp_path / "c")
+    typed = exported(tmp_path / "c", model, spec, items, popularity, "Flat")
     years = typed.add_items([{"item_id": 9300, "title": "Dated", "year": 2030}, {"item_id": 9301, "year": pd.NA}])
     assert years == [9300, 9301]  # a year beside a missing one (pandas' nullable ints): still embedded
     typed.remove_items(years)
@@ -1150,9 +1140,7 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
 def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()
-    export_artifact(tmp_path / "a", model, spec, items, popularity, model.all_item_vectors().numpy()[:20],
-                    factory=factory, progress=False)
-    changed = Recommender.load(tmp_path / "a")
+    changed = exported(tmp_path / "a", model, spec, items, popularity, factory)
     ids = items["item_id"].tolist()
     changed.add_items([{"item_id": 8000, "title": "Added", "genres": ["Comedy"], "year": 2025.0}])
     changed.remove_items(ids[:5])
