@@ -1137,6 +1137,43 @@ def test_records_missing_a_flag_keep_true_false_and_exact_ints(tmp_path):
     assert pd.Timestamp(rows[9200]["released"]) == pd.Timestamp("2031-01-01")
 
 
+def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path):
+    """A list for a one-value column, text in a date column and a text column new to the
+    catalogue: each used to be taken and then served or saved wrong."""
+    model, spec, items, popularity = tiny_catalogue()
+    items["studio"], items["released"], items["runtime"] = "A", pd.Timestamp("2020-01-01"), pd.Timedelta("90min")
+    items["logged"] = pd.to_datetime(np.arange(N_ITEMS) + 1)  # nanoseconds: once served as an int
+    changed = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
+    with pytest.raises(ValueError, match=r"items\.studio\[1\]: the catalogue's studio holds one value per title, "
+                                         r"got list \['B'\]"):
+        changed.add_items([{"item_id": 9000, "studio": "B"}, {"item_id": 9001, "studio": ["B"]}])
+    with pytest.raises(ValueError, match=r"items\.tags\[1\]: expected a list of values \(e\.g\. \['b'\]\)"):
+        changed.add_items([{"item_id": 9000, "tags": ["a"]}, {"item_id": 9001, "tags": "b"}])
+    for bad in ("soon", 20200101, True):
+        with pytest.raises(ValueError, match=r"items\.released: the catalogue's released holds dates and times"):
+            changed.add_items([{"item_id": 9002, "released": bad}])
+    with pytest.raises(ValueError, match=r"items\.runtime: the catalogue's runtime holds durations, got \[90\]"):
+        changed.add_items([{"item_id": 9002, "runtime": 90}])
+    assert 9000 not in changed and 9001 not in changed and 9002 not in changed
+    changed.add_items([{"item_id": 9003, "released": "2031-05-01", "runtime": "2h", "label": "7", "score": 0.5},
+                       {"item_id": 9004, "released": "2031-05-01T02:00:00+02:00", "label": None},
+                       {"item_id": 9005, "released": pd.Timestamp("2032-01-01"), "runtime": pd.Timedelta("1h")}])
+    changed.save(tmp_path / "b")
+    for served in (changed, Recommender.load(tmp_path / "b")):
+        rows = {r.item_id: r.metadata for r in served.recommend([], k=N_ITEMS + 3)}
+        assert [pd.Timestamp(rows[i]["released"]) for i in (1000, 9003, 9004, 9005)] == [
+            pd.Timestamp("2020-01-01"), pd.Timestamp("2031-05-01"), pd.Timestamp("2031-05-01"),
+            pd.Timestamp("2032-01-01")]  # a zoned time in UTC
+        assert [rows[i]["runtime"] for i in (1000, 9003, 9004, 9005)] == [
+            pd.Timedelta("90min"), pd.Timedelta("2h"), None, pd.Timedelta("1h")]
+        assert (rows[1000]["label"], rows[9003]["label"], rows[9004]["label"]) == (None, "7", None)
+        assert (rows[1000]["score"], rows[9003]["score"]) == (None, 0.5)
+        assert (rows[1001]["logged"], rows[9003]["logged"]) == (pd.Timestamp(2), None)
+        # A text column filters as text in memory as after loading: the number 7 is its text "7".
+        assert served.recommend([], k=5, filters={"label": [7]}).item_ids == [9003]
+        assert served.recommend([], k=5, filters={"score": [0.5]}).item_ids == [9003]
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
 def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()

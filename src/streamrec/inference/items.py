@@ -7,6 +7,7 @@ such as "any of these genres" is one vectorised pass.
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any, Iterable
 
@@ -139,6 +140,15 @@ class ItemTable:
             if _booleans(existing) or (unset and _booleans(added)):
                 scalars[name] = _joined_booleans(name, existing, added)
                 continue
+            if isinstance(existing, np.ndarray) and existing.dtype.kind in "Mm":  # dates and times, durations
+                scalars[name] = np.concatenate([existing, _times(name, added, existing.dtype)])
+                continue
+            if unset and isinstance(added, pa.Array) and _text(added):  # a text column new with these titles
+                scalars[name] = pa.concat_arrays([_strings(p) for p in parts])
+                continue
+            if unset and isinstance(added, np.ndarray) and added.dtype.kind in "fMm":  # NaN / NaT before them
+                scalars[name] = np.concatenate([existing.astype(added.dtype), added])
+                continue
             if isinstance(existing, np.ndarray) and isinstance(added, pa.Array):
                 added = np.asarray(added.to_pylist(), dtype=object)
             if isinstance(existing, pa.Array) or isinstance(added, pa.Array):
@@ -226,6 +236,32 @@ def _joined_booleans(name: str, existing: pa.Array | np.ndarray, added: pa.Array
     return joined.to_numpy(zero_copy_only=False) if joined.null_count == 0 else joined
 
 
+def _times(name: str, values: pa.Array | np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as ``dtype`` (datetime64 or timedelta64): dates and times (or durations),
+    their text, or missing. Numbers are refused: their unit is unknown. A time with a zone
+    is taken in UTC, as a zoned column reads when loaded."""
+    dates = dtype.kind == "M"
+    if isinstance(values, np.ndarray) and values.dtype.kind == dtype.kind:
+        return values.astype(dtype)
+    accepted = (str, datetime.date, np.datetime64) if dates else (str, datetime.timedelta, np.timedelta64)
+    out = []
+    for given in values.to_pylist() if isinstance(values, pa.Array) else values.tolist():
+        if given is None or (not isinstance(given, (list, tuple, np.ndarray)) and pd.isna(given)):
+            out.append(None)
+            continue
+        try:
+            if not isinstance(given, accepted):
+                raise TypeError(given)
+            value = pd.Timestamp(given) if dates else pd.Timedelta(given)
+            if dates and value.tzinfo is not None:
+                value = value.tz_convert("UTC").tz_localize(None)
+        except (TypeError, ValueError):
+            what = "dates and times" if dates else "durations"
+            raise ValueError(f"items.{name}: the catalogue's {name} holds {what}, got {[given]!r}.") from None
+        out.append(value.to_datetime64() if dates else value.to_timedelta64())
+    return np.array(out, dtype=object).astype(dtype)
+
+
 def _booleans_in(allowed: Iterable[Any]) -> list[bool]:
     """The bools among ``allowed`` (a true/false column matches no number or text)."""
     return [bool(a) for a in allowed if isinstance(a, (bool, np.bool_))]
@@ -282,6 +318,10 @@ def _empty_lists(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _python(value: Any) -> Any:
     if isinstance(value, pa.Scalar):
         return value.as_py()
+    if isinstance(value, np.datetime64):  # item() of a nanosecond one is an int
+        return None if np.isnat(value) else pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):
+        return None if np.isnat(value) else pd.Timedelta(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

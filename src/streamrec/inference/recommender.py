@@ -481,7 +481,14 @@ class Recommender:
             raise ValueError("items: duplicate item_id values.")
         if not ids:
             return []
-        for column in dict.fromkeys(("genres", *self._catalogue.table.lists)):  # a list (or missing) per title
+        table = self._catalogue.table
+        listed = [c for c in frame.columns if c != "item_id" and frame[c].map(_listed).any()]
+        for column in listed:
+            if column in table.scalars and column != "genres":
+                i = int(np.flatnonzero(frame[column].map(_listed).to_numpy())[0])
+                raise ValueError(f"items.{column}[{i}]: the catalogue's {column} holds one value per title, got "
+                                 f"{_described(frame[column][i])}.")
+        for column in dict.fromkeys(("genres", *table.lists, *listed)):  # a list (or missing) per title
             if column in frame.columns:
                 values = frame[column].tolist()
                 for i, value in enumerate(values):
@@ -1053,6 +1060,11 @@ def _records_frame(records: list[Any]) -> pd.DataFrame:
                 continue  # no one integer type holds them: appending refuses them by name
             typed[column] = pd.array([None if _missing(v) else int(v) for v in raw[column]], dtype=dtype)
     return typed
+
+
+def _listed(value: Any) -> bool:
+    """A list-like metadata value (a list column's cell)."""
+    return isinstance(value, (list, tuple, np.ndarray, set, frozenset))
 
 
 def _missing(value: Any) -> bool:
