@@ -1172,6 +1172,8 @@ def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path)
         # A text column filters as text in memory as after loading: the number 7 is its text "7".
         assert served.recommend([], k=5, filters={"label": [7]}).item_ids == [9003]
         assert served.recommend([], k=5, filters={"score": [0.5]}).item_ids == [9003]
+        assert served.recommend([], k=5, filters={"released": ["2032-01-01", 2032, "x"]}).item_ids == [9005]
+        assert served.recommend([], k=5, filters={"runtime": ["120 min"]}).item_ids == [9003]
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])

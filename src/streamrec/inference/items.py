@@ -121,6 +121,8 @@ class ItemTable:
                 allowed = np.array(_in_range(allowed, values.dtype), dtype=values.dtype)
             elif values.dtype.kind == "b":
                 allowed = np.array(_booleans_in(allowed), dtype=bool)
+            elif values.dtype.kind in "Mm":  # dates or durations: also as text
+                allowed = _times_in(allowed, values.dtype)
             elif values.dtype.kind == "f":
                 allowed = np.array([a for a in allowed if isinstance(a, (int, float, np.integer, np.floating))
                                     and not isinstance(a, (bool, np.bool_))], dtype=np.float64)
@@ -238,28 +240,48 @@ def _joined_booleans(name: str, existing: pa.Array | np.ndarray, added: pa.Array
 
 def _times(name: str, values: pa.Array | np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``values`` as ``dtype`` (datetime64 or timedelta64): dates and times (or durations),
-    their text, or missing. Numbers are refused: their unit is unknown. A time with a zone
-    is taken in UTC, as a zoned column reads when loaded."""
-    dates = dtype.kind == "M"
+    their text, or missing; anything else is refused with the column named."""
     if isinstance(values, np.ndarray) and values.dtype.kind == dtype.kind:
         return values.astype(dtype)
-    accepted = (str, datetime.date, np.datetime64) if dates else (str, datetime.timedelta, np.timedelta64)
     out = []
     for given in values.to_pylist() if isinstance(values, pa.Array) else values.tolist():
-        if given is None or (not isinstance(given, (list, tuple, np.ndarray)) and pd.isna(given)):
-            out.append(None)
-            continue
         try:
-            if not isinstance(given, accepted):
-                raise TypeError(given)
-            value = pd.Timestamp(given) if dates else pd.Timedelta(given)
-            if dates and value.tzinfo is not None:
-                value = value.tz_convert("UTC").tz_localize(None)
+            out.append(None if _missing_time(given) else _time(given, dtype))
         except (TypeError, ValueError):
-            what = "dates and times" if dates else "durations"
+            what = "dates and times" if dtype.kind == "M" else "durations"
             raise ValueError(f"items.{name}: the catalogue's {name} holds {what}, got {[given]!r}.") from None
-        out.append(value.to_datetime64() if dates else value.to_timedelta64())
     return np.array(out, dtype=object).astype(dtype)
+
+
+def _times_in(allowed: Iterable[Any], dtype: np.dtype) -> np.ndarray:
+    """The dates (or durations) among ``allowed``, text read as in ``_times`` (others match no row)."""
+    found = []
+    for value in allowed:
+        try:
+            found.append(_time(value, dtype))
+        except (TypeError, ValueError):
+            continue
+    return np.array(found, dtype=object).astype(dtype)
+
+
+def _time(given: Any, dtype: np.dtype) -> np.datetime64 | np.timedelta64:
+    """A date and time (datetime64 ``dtype``) or a duration (timedelta64) from itself or its
+    text. Numbers raise ``TypeError``: their unit is unknown. A time with a zone is taken in
+    UTC, as a zoned column reads when loaded."""
+    if dtype.kind == "M":
+        if not isinstance(given, (str, datetime.date, np.datetime64)) or _missing_time(given):
+            raise TypeError(given)
+        value = pd.Timestamp(given)
+        if value.tzinfo is not None:
+            value = value.tz_convert("UTC").tz_localize(None)
+        return value.to_datetime64()
+    if not isinstance(given, (str, datetime.timedelta, np.timedelta64)) or _missing_time(given):
+        raise TypeError(given)
+    return pd.Timedelta(given).to_timedelta64()
+
+
+def _missing_time(value: Any) -> bool:
+    return value is None or (not isinstance(value, (list, tuple, np.ndarray)) and bool(pd.isna(value)))
 
 
 def _booleans_in(allowed: Iterable[Any]) -> list[bool]:
