@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -157,6 +158,30 @@ def test_bad_factory_string_is_a_clear_error():
         build_index(np.zeros((10, 4), np.float32), "NotAnIndex", progress=False)
     with pytest.raises(ValueError, match="HNSW needs at least 2 links per node, got 0"):  # FAISS would abort
         build_index(np.zeros((10, 4), np.float32), "HNSW0", progress=False)
+    with pytest.raises(ValueError, match="an IVF index needs at least 1 list"):
+        build_index(np.zeros((10, 4), np.float32), "IVF0,Flat", progress=False)
+    for refined in ("IVF2,Flat,RFlat", "HNSW16,Refine(Flat)"):  # FAISS: "add_with_ids not implemented"
+        with pytest.raises(ValueError, match=r"refinement \(RFlat, Refine\(\.\.\.\)\) is not supported"):
+            build_index(np.zeros((10, 4), np.float32), refined, progress=False)
+
+
+def test_a_pre_transformed_hnsw_index_is_tuned_and_serves_changes(tmp_path):
+    """``RR16,HNSW16`` (a rotation before HNSW) used to read as exact: efSearch stayed at
+    FAISS's 16 however low its recall."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    index = build_index(vectors, "RR16,HNSW8", progress=False)
+    assert search_parameter(index) == "efSearch"
+    value, measured, sweep = tune(index, vectors, queries, k=10, target_recall=0.98)
+    assert value > 16 and measured >= 0.98 > sweep[0].recall  # efSearch 16 reads 0.866 here
+    model, spec, items, popularity = tiny_catalogue()
+    served = exported(tmp_path / "a", model, spec, items, popularity, "RR16,HNSW16")
+    assert served.manifest["index"]["search_parameter"] == "efSearch"
+    ids = items["item_id"].tolist()
+    first = served.recommend(ids[:3], k=10).item_ids
+    served.remove_items(first[:5])  # HNSW cannot delete: its searches skip them
+    assert served.recommend(ids[:3], k=10).item_ids[:5] == first[5:10]
 
 
 def test_an_unwritable_artifact_location_is_named(tmp_path):
@@ -655,6 +680,54 @@ def test_saving_never_replaces_a_directory_that_is_not_an_artifact(recommender, 
     assert Recommender.load(tmp_path / "empty").n_items == recommender.n_items
 
 
+def test_a_directory_with_some_other_manifest_is_not_replaced(recommender, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my web app"}')
+    (site / "index.html").write_text("<html>")
+    with pytest.raises(FileExistsError, match="is not a streamrec artifact"):
+        recommender.save(site)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json"]
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_what_a_killed_writer_left_is_cleaned_up_and_its_moved_bundle_put_back(recommender, tmp_path, monkeypatch,
+                                                                             swap):
+    from streamrec.inference import artifact as artifact_module
+
+    if swap == "two renames":
+        monkeypatch.setattr(artifact_module, "_exchange", lambda a, b: False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    recommender.save(tmp_path / "rec")
+    first = (tmp_path / "rec" / "manifest.json").read_text()
+    # A writer killed between moving the old bundle aside and renaming its new one in:
+    (tmp_path / "rec").rename(tmp_path / f".rec.{dead_pid}.1700000000000000000.old")
+    (tmp_path / f".rec.{dead_pid}.abc_12.tmp").mkdir()  # and one killed while writing
+    (tmp_path / f".rec.{os.getpid()}.live.tmp").mkdir()  # a writer still running: left alone
+    (tmp_path / f".rec.5.{dead_pid}.x.tmp").mkdir()  # another artifact's (".rec.5"): left alone
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_artifact(tmp_path / "rec", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert (tmp_path / "rec" / "manifest.json").read_text() == first  # put back, and kept by the failed write
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["rec", f".rec.{os.getpid()}.live.tmp", f".rec.5.{dead_pid}.x.tmp"])
+    recommender.save(tmp_path / "rec")
+    assert Recommender.load(tmp_path / "rec").n_items == recommender.n_items
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["rec", f".rec.{os.getpid()}.live.tmp", f".rec.5.{dead_pid}.x.tmp"])  # no bundle of its own left
+
+
+def test_every_file_load_reads_must_be_listed_with_its_checksum(copy_of_artifact):
+    manifest_path = copy_of_artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    files = {name: digest for name, digest in manifest["files"].items() if name != "item_vectors.npy"}
+    manifest_path.write_text(json.dumps({**manifest, "files": files}))
+    np.save(copy_of_artifact / "item_vectors.npy", np.zeros((N_ITEMS, 16), np.float32))  # swapped, unlisted
+    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: not listed with a checksum in manifest\.json"):
+        Recommender.load(copy_of_artifact)
+
+
 def test_tampered_file_fails_the_checksum_naming_the_file(copy_of_artifact):
     path = copy_of_artifact / "item_vectors.npy"
     data = bytearray(path.read_bytes())
@@ -689,9 +762,10 @@ def test_an_index_of_the_wrong_dimension_is_named(copy_of_artifact):
 def test_format_version_mismatch_and_bad_manifest_are_named(copy_of_artifact):
     manifest_path = copy_of_artifact / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(ArtifactError, match="format version 99"):
-        read_manifest(copy_of_artifact)
+    for version in (99, True, 1.0, "1"):  # the same number of another type is another format too
+        manifest_path.write_text(json.dumps({**manifest, "format_version": version}))
+        with pytest.raises(ArtifactError, match=f"format version {version!r} but this streamrec reads version 1"):
+            read_manifest(copy_of_artifact)
     manifest_path.write_text("{ not json")
     with pytest.raises(ArtifactError, match=r"manifest\.json: corrupted"):
         Recommender.load(copy_of_artifact)
@@ -1184,8 +1258,13 @@ def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     changed.add_items([{"item_id": 8000, "title": "Added", "genres": ["Comedy"], "year": 2025.0}])
     changed.remove_items(ids[:5])
     changed.add_items([{"item_id": ids[0], "title": "Back again", "genres": ["Drama"], "year": 2026.0}])
+    built = changed.manifest["versions"]
+    manifest_path = tmp_path / "a" / "manifest.json"  # as if built by older libraries
+    manifest_path.write_text(json.dumps({**changed.manifest, "versions": {**built, "torch": "2.0.0"}}))
+    changed.manifest = read_manifest(tmp_path / "a", verify=False)
     manifest = changed.save(tmp_path / "b")
     assert manifest["saved_from"]["active_titles"] == N_ITEMS - 5 + 2
+    assert manifest["versions"] == built and manifest["saved_from"]["versions"]["torch"] == "2.0.0"  # written now
     saved = Recommender.load(tmp_path / "b")
     assert saved.n_items == changed.n_items
     histories = [ids[i:i + 4] for i in range(0, 60, 6)] + [[8000, ids[1]], []]

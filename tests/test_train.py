@@ -197,6 +197,13 @@ def test_run_settings_that_would_fail_late_are_refused_first(tmp_path, overrides
 @pytest.mark.parametrize("overrides, message", [
     (["index.k=0"], r"index\.k=0: expected an integer >= 1"),
     (["index.tuning_queries=0"], r"index\.tuning_queries=0: expected an integer >= 1"),
+    (["index.target_recall=abc"], r"index\.target_recall='abc': expected a number in \(0, 1\]"),
+    (["index.target_recall=true"], r"index\.target_recall=True: expected a number in \(0, 1\]"),
+    (["index.target_recall=1.5"], r"index\.target_recall=1\.5: expected a number in \(0, 1\]"),
+    (["index.factory=null"], r"index\.factory=None: expected a non-empty string"),
+    (["index.factory=123"], r"index\.factory=123: expected a non-empty string"),
+    (["index.output_dir=null"], r"index\.output_dir=None: expected a non-empty string"),
+    (["seed=abc"], r"seed='abc': expected a non-negative integer"),
     (["checkpoint={bad}"], r"checkpoint=.*not-a-checkpoint\.ckpt: not a readable streamrec training checkpoint"),
 ])
 def test_build_index_refuses_bad_settings_naming_them(tmp_path, overrides, message):

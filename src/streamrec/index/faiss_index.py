@@ -91,7 +91,13 @@ def build_index(vectors: np.ndarray, factory: str = "auto", seed: int = 0, progr
     except RuntimeError as error:
         raise ValueError(f"index factory string {factory!r} is not valid for FAISS: {error}. "
                          "Examples: 'Flat', 'IVF1024,Flat', 'HNSW32', 'IVF4096,PQ32'.") from error
+    if isinstance(_unwrap(index), faiss.IndexRefine):
+        # Adding with ids, removing and the skip-removed search do not pass through a refine stage.
+        raise ValueError(f"index factory string {factory!r}: refinement (RFlat, Refine(...)) is not supported; "
+                         "raise the search parameter instead (e.g. 'IVF4096,Flat', 'HNSW32', 'IVF4096,PQ32').")
     ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist < 1:
+        raise ValueError(f"index factory string {factory!r}: an IVF index needs at least 1 list; e.g. 'IVF1024,Flat'.")
     if ivf is None:
         index = faiss.IndexIDMap2(index)  # Flat / HNSW store rows in order: map them to our ids
     if not index.is_trained:
@@ -293,6 +299,8 @@ def sweep_records(sweep: list[SweepPoint]) -> list[dict]:
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    """The index under id maps and pre-transforms (``RR64,HNSW32``, ``PCA32,IVF1024,Flat``)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
         index = faiss.downcast_index(index.index)
-    return faiss.downcast_index(index)
+    return index

@@ -18,10 +18,16 @@ format and ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +37,9 @@ from typing import Any, Callable
 FORMAT_NAME = "streamrec-retrieval"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# What Recommender.load reads: each must be listed with its checksum (recall_latency.png is not read).
+SERVED_FILES = ("query_tower.pt", "item_tower.pt", "item_vectors.npy", "index.faiss", "items.parquet")
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(RuntimeError):
@@ -55,13 +64,15 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    if path.exists() and not (path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))):
+    if path.exists() and not (path.is_dir() and (_is_artifact(path) or not any(path.iterdir()))):
         # Only a previous artifact (or an empty directory) is replaced, never other files.
-        raise FileExistsError(f"{path} exists and is not a streamrec artifact (no {MANIFEST}); it was left as it "
-                              "is. Write the artifact to another path, or remove this one first.")
+        raise FileExistsError(f"{path} exists and is not a streamrec artifact (no {MANIFEST} of format "
+                              f"{FORMAT_NAME!r}); it was left as it is. Write the artifact to another path, or remove "
+                              "this one first.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        _clean_up_after_dead_writers(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     except OSError as error:
         raise OSError(f"{path}: cannot write an artifact in {path.parent} ({error.strerror or error}); "
                       "choose a writable directory.") from None
@@ -73,27 +84,99 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _fsync_dir(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the services reading it may be other users
-        if path.exists():
-            # Swap: the old bundle is moved aside first, so `path` is never half written
-            # (a reader may find no bundle for an instant, never a mixed one).
-            old = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.old")
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)  # put the previous bundle back
-                raise
-            if old.is_symlink():
-                old.unlink()
-            else:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
+        if not path.exists():
             os.replace(tmp, path)
+        elif path.is_symlink() or not _exchange(tmp, path):  # a swap leaves the old bundle at `tmp`
+            _replace_in_two_steps(tmp, path)
         _fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)  # the old bundle after a swap (nothing after a rename)
     return manifest
+
+
+def _replace_in_two_steps(tmp: Path, path: Path) -> None:
+    """Where the system cannot swap two directories in one step: the old bundle is moved
+    aside first, so ``path`` is never half written. A reader may find no bundle for an
+    instant, never a mixed one; a writer killed in that instant leaves the old bundle aside,
+    and the next write to ``path`` puts it back before replacing it."""
+    old = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.old")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)  # put the previous bundle back
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_artifact(path: Path) -> bool:
+    """Whether ``path`` holds a streamrec artifact's manifest (any version, intact or not)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the two paths in one atomic step (Linux's ``renameat2(RENAME_EXCHANGE)``);
+    False where the system or file system cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _clean_up_after_dead_writers(path: Path) -> None:
+    """Remove what a writer of ``path`` killed mid-way left beside it (named with its process
+    id): its temporary directory, or the previous bundle it had moved aside, which is put
+    back first if ``path`` is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")  # as written here, no more
+    left = [(sibling, match) for sibling in path.parent.iterdir()
+            if (match := pattern.fullmatch(sibling.name)) and sibling.is_dir() and not sibling.is_symlink()
+            and not _alive(int(match.group(1)))]
+    for sibling, match in sorted(left, key=lambda found: found[0].stat().st_mtime, reverse=True):  # newest first
+        if match.group(2) == "old" and not path.exists():
+            os.replace(sibling, path)
+            log.warning("%s: put back the previous artifact, which an interrupted write had left at %s",
+                        path, sibling.name)
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -112,9 +195,9 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ArtifactError(f"{manifest_path}: format {found!r} is not {FORMAT_NAME!r}.")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1.0 == 1: the type too
         raise ArtifactError(
-            f"{manifest_path}: format version {version} but this streamrec reads version {FORMAT_VERSION}; "
+            f"{manifest_path}: format version {version!r} but this streamrec reads version {FORMAT_VERSION}; "
             "rebuild the artifact with this version's `scripts/build_index.py` or install the matching streamrec."
         )
     if verify:
@@ -124,6 +207,10 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         for name in files:
             if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
                 raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name inside the artifact.")
+        unlisted = [name for name in SERVED_FILES if name not in files]
+        if unlisted:
+            raise ArtifactError(f"{path / unlisted[0]}: not listed with a checksum in {MANIFEST}, so it cannot be "
+                                "verified; rebuild the artifact.")
         for name in files:
             if not (path / name).is_file():
                 raise ArtifactError(f"{path / name}: missing from the artifact (listed in {MANIFEST}).")

@@ -22,6 +22,12 @@ from streamrec.models.two_tower import TwoTower
 log = logging.getLogger(__name__)
 
 
+def library_versions() -> dict[str, str]:
+    """The versions an artifact's files are written with (its manifest's ``versions``)."""
+    return {"streamrec": streamrec.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
 def export_artifact(
     path: str | Path,
     model: TwoTower,
@@ -92,8 +98,7 @@ def export_artifact(
                    title=f"{factory}, {n:,} titles: recall@{k} vs latency", target_recall=target_recall)
         return {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": {"streamrec": streamrec.__version__, "torch": torch.__version__,
-                         "faiss": faiss.__version__, "numpy": np.__version__, "python": platform.python_version()},
+            "versions": library_versions(),
             "model": asdict(model.config),
             "score": {"metric": "inner_product", "normalized": model.config.normalize, "dim": model.config.dim},
             "index": {"factory": factory, "search_parameter": parameter, "search_value": value,

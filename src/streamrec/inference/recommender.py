@@ -35,6 +35,7 @@ import torch
 from streamrec.data.features import UserFeatureSpec, build_item_features
 from streamrec.index.faiss_index import set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
+from streamrec.inference.export import library_versions
 from streamrec.inference.items import ItemTable
 from streamrec.inference.query_encoder import NumpyQueryTower, supports
 from streamrec.inference.row_lookup import ABSENT, RowLookup
@@ -588,10 +589,10 @@ class Recommender:
             if source.is_file():
                 shutil.copyfile(source, tmp / "recall_latency.png")
             kept = {key: value for key, value in manifest.items() if key not in ("format", "format_version", "files")}
-            return {**kept, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            return {**kept, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": library_versions(),
                     "index": {**manifest["index"], "n_items": len(catalogue.rows)},
                     "saved_from": {"artifact": str(self.path), "rows": len(catalogue.item_ids),
-                                   "active_titles": len(catalogue.rows)}}
+                                   "active_titles": len(catalogue.rows), "versions": manifest.get("versions")}}
 
         return write_artifact(path, write_files)
 

@@ -49,6 +49,15 @@ def build_index(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         value = index_cfg.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"index.{name}={value!r}: expected an integer >= {low}.")
+    target = index_cfg.get("target_recall")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"index.target_recall={target!r}: expected a number in (0, 1], e.g. 0.95.")
+    for name in ("factory", "output_dir"):
+        if not isinstance(index_cfg.get(name), str) or not index_cfg.get(name).strip():
+            raise ValueError(f"index.{name}={index_cfg.get(name)!r}: expected a non-empty string "
+                             f"(e.g. index.{name}={'auto' if name == 'factory' else 'checkpoints/recommender'}).")
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
+        raise ValueError(f"seed={cfg.get('seed')!r}: expected a non-negative integer.")
     checkpoint = resolve_checkpoint(cfg.get("checkpoint"), cfg.paths.checkpoint_dir)
     try:
         module = TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
