@@ -23,26 +23,26 @@ from streamrec.models.two_tower import TwoTower, TwoTowerConfig, hour_code
 N_ITEMS, GENRES = 400, ["Action", "Comedy", "Drama", "Romance"]
 
 
-def tiny_catalogue(seed: int = 0):
-    """An untrained two-tower over 400 titles with content, member features, device and hour."""
+def tiny_catalogue(seed: int = 0, n_items: int = N_ITEMS):
+    """An untrained two-tower over ``n_items`` (400) titles with content, member features, device and hour."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    genre_lists = [sorted(set(rng.choice(GENRES, size=rng.integers(1, 3)).tolist())) for _ in range(N_ITEMS)]
+    genre_lists = [sorted(set(rng.choice(GENRES, size=rng.integers(1, 3)).tolist())) for _ in range(n_items)]
     items = pd.DataFrame({
-        "item_id": np.arange(1000, 1000 + N_ITEMS),
-        "title": [f"Title {i}" for i in range(N_ITEMS)],
+        "item_id": np.arange(1000, 1000 + n_items),
+        "title": [f"Title {i}" for i in range(n_items)],
         "genres": genre_lists,
-        "year": rng.integers(1950, 2024, size=N_ITEMS).astype(float),
+        "year": rng.integers(1950, 2024, size=n_items).astype(float),
     })
-    genres = torch.zeros(N_ITEMS, len(GENRES))
+    genres = torch.zeros(n_items, len(GENRES))
     for i, gs in enumerate(genre_lists):
         for g in gs:
             genres[i, GENRES.index(g)] = 1.0
-    config = TwoTowerConfig(n_items=N_ITEMS, n_genres=len(GENRES), text_buckets=0, dim=16, hidden=32,
+    config = TwoTowerConfig(n_items=n_items, n_genres=len(GENRES), text_buckets=0, dim=16, hidden=32,
                             max_history=10, user_feature_cardinalities=[3], n_devices=2, use_hour=True)
     year = torch.from_numpy(((items["year"] - 1990) / 20).to_numpy(np.float32))
-    model = TwoTower(config, genres=genres, year=year, year_known=torch.ones(N_ITEMS),
-                     tokens=torch.zeros(N_ITEMS, config.max_tokens), has_id=torch.ones(N_ITEMS, dtype=torch.bool)).eval()
+    model = TwoTower(config, genres=genres, year=year, year_known=torch.ones(n_items),
+                     tokens=torch.zeros(n_items, config.max_tokens), has_id=torch.ones(n_items, dtype=torch.bool)).eval()
     spec = {
         "item_map": {"kind": "int", "ids": items["item_id"].tolist()},
         "item_features": {"genre_vocab": GENRES, "year_mean": 1990.0, "year_std": 20.0, "text_buckets": 0,
@@ -51,7 +51,7 @@ def tiny_catalogue(seed: int = 0):
         "device_vocab": ["mobile", "tv"],
         "history_mode": "set",
     }
-    popularity = rng.integers(0, 1000, size=N_ITEMS)
+    popularity = rng.integers(0, 1000, size=n_items)
     return model, spec, items, popularity
 
 
@@ -317,6 +317,48 @@ def test_a_batch_too_big_for_the_numpy_tower_equals_one_by_one(recommender, arti
         np.testing.assert_allclose([r.score for r in result], [r.score for r in single], rtol=1e-5, atol=1e-6)
 
 
+def test_a_members_batch_list_does_not_depend_on_the_other_members(tmp_path, monkeypatch):
+    """HNSW's results, and whether a short result falls back to an exact scan, depend on how
+    many results FAISS is asked for: one search sized by a batch's longest history changed
+    the other members' filtered lists (every member here, before)."""
+    from streamrec.inference import recommender as module
+    from streamrec.index import set_search_parameter
+
+    monkeypatch.setattr(module, "EXACT_SEARCH_MAX_ROWS", 0)  # filtered searches go through FAISS here too
+    model, spec, items, popularity = tiny_catalogue(n_items=3000)  # enough for HNSW to miss titles
+    served = exported(tmp_path / "a", model, spec, items, popularity, "HNSW4")
+    set_search_parameter(served._catalogue.index, 16)
+    ids = items["item_id"].tolist()
+    heavy = ids[::10]  # 300 titles: asks FAISS for 310 or more results
+    for filters in ({"genres": ["Romance"]}, None):
+        for start in range(0, 60, 3):
+            member = ids[start + 1:start + 4]
+            alone = served.recommend(member, k=10, filters=filters)
+            beside = served.recommend_batch([member, heavy], k=10, filters=filters)[0]
+            assert beside.item_ids == alone.item_ids
+            np.testing.assert_allclose(beside.scores, alone.scores, rtol=1e-6)
+
+
+def test_a_compressed_index_serves_exact_scores_in_their_order(tmp_path):
+    """IVF-PQ scores from its codes: a filter that every title passes (an exact scan) put the
+    same titles in another order, with other scores."""
+    model, spec, items, popularity = tiny_catalogue()
+    served = exported(tmp_path / "a", model, spec, items, popularity, "IVF4,PQ4")
+    ids = items["item_id"].tolist()
+    vectors = model.all_item_vectors().numpy()
+    every_genre = {"genres": GENRES}
+    for history in (ids[:3], ids[50:60]):
+        plain = served.recommend(history, k=10)
+        assert plain.item_ids == served.recommend(history, k=10, filters=every_genre).item_ids
+        assert plain.scores == sorted(plain.scores, reverse=True)
+        query = served._queries([served._request(history, served._catalogue, None, None, None, None, None, False,
+                                                 "history")])[0]
+        np.testing.assert_allclose(plain.scores, vectors[[ids.index(i) for i in plain.item_ids]] @ query, rtol=1e-5)
+        similar = served.similar_items(history[0], k=5)
+        np.testing.assert_allclose(similar.scores, vectors[[ids.index(i) for i in similar.item_ids]]
+                                   @ vectors[ids.index(history[0])], rtol=1e-5)
+
+
 def test_views_from_the_distant_past_still_serve(recommender, artifact):
     ids = artifact[2]["item_id"].tolist()[:3]
     far = recommender.recommend(ids, k=5, timestamps=[0.0, 1.0, 2.0], now=1e44)  # ages overflow float32
@@ -446,11 +488,52 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"watch_fractions": 0.5}, r"watch_fractions \(history\): expected a sequence of numbers"),
     ({"now": True}, "now: expected unix seconds"),
     ({"timestamps": {2e9, 1e9}}, r"timestamps \(history\): expected a sequence of numbers"),  # a set has no order
+    # Each of these was taken before: as a number, as unknown, or as true.
+    ({"timestamps": [10**400, 1]}, r"timestamps \(history\): expected numbers within float64's range"),
+    ({"now": 10**400}, "now: expected unix seconds"),
+    ({"timestamps": ["1700000000", "1700000060"]}, r"timestamps \(history\): expected numbers"),
+    ({"watch_fractions": [True, False]}, r"watch_fractions \(history\): expected numbers"),
+    ({"timestamps": [1.7e12, 1.7e12], "now": 1.7e9}, r"timestamps \(history\): a view at 1700000000000 is more than "
+     r"a day after now=1700000000\.0; both are unix seconds \(not milliseconds\)"),
+    ({"member_features": {"plan": ["premium"]}}, r"member_features\['plan'\]: expected one value"),
+    ({"member_features": {"plna": "premium"}}, r"member_features: 'plna' is not a feature this model was trained "
+     r"with \(its features are \['plan'\]\)"),
+    ({"device": float("nan")}, "device: expected a value of the training data's device column"),
+    ({"device": ["tv"]}, "device: expected a value of the training data's device column"),
+    ({"exclude_seen": "False"}, "exclude_seen: expected True or False, got str 'False'"),
+    ({"strict": 1}, "strict: expected True or False"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
     arguments = {"history": [1000, 1001], **kwargs}
     with pytest.raises(ValueError, match=message):
         recommender.recommend(**arguments)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"timestamps": [["1700000000", "1700000060"]]}, r"timestamps \(histories\[0\]\): expected numbers"),
+    ({"member_features": [{"plna": "premium"}]}, "member_features: 'plna' is not a feature"),
+    ({"devices": [["tv"]]}, "device: expected a value of the training data's device column"),
+    ({"exclude_seen": "False"}, "exclude_seen: expected True or False"),
+    ({"strict": None}, "strict: expected True or False"),
+])
+def test_bad_batch_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        recommender.recommend_batch([[1000, 1001]], **kwargs)
+
+
+def test_a_title_watched_again_counts_once_at_its_last_view(recommender, artifact):
+    """Training keeps one view per title (duplicates: keep_last); repeats pushed the other
+    titles out of the tower's window (max_history 10 here)."""
+    ids = artifact[2]["item_id"].tolist()
+    others = ids[1:10]
+    repeated = recommender.recommend(others + [ids[0]] * 10, k=8)
+    assert (repeated.item_ids, repeated.scores) == (recommender.recommend(others + [ids[0]], k=8).item_ids,
+                                                    recommender.recommend(others + [ids[0]], k=8).scores)
+    times = [1e9 + 60 * i for i in range(4)]
+    watched = recommender.recommend([ids[0], ids[1], ids[0], ids[2]], k=8, timestamps=times,
+                                    watch_fractions=[0.1, 1.0, 0.9, 1.0])
+    last = recommender.recommend([ids[1], ids[0], ids[2]], k=8, timestamps=times[1:], watch_fractions=[1.0, 0.9, 1.0])
+    assert (watched.item_ids, watched.scores) == (last.item_ids, last.scores)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint8])

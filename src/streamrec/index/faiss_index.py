@@ -66,6 +66,19 @@ def search_parameter(index: faiss.Index) -> str | None:
     return None
 
 
+def scores_exactly(index: faiss.Index) -> bool:
+    """Whether ``index`` scores by exact inner products of the vectors added (flat codes, no
+    pre-transform), not from compressed codes (PQ, SQ) or transformed vectors."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        return isinstance(index, faiss.IndexIVFFlat)
+    return isinstance(index, faiss.IndexFlat)
+
+
 def set_search_parameter(index: faiss.Index, value: int | None) -> None:
     name = search_parameter(index)
     if name is not None and value is not None:

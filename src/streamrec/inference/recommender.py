@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from streamrec.data.features import UserFeatureSpec, build_item_features
-from streamrec.index.faiss_index import set_search_parameter
+from streamrec.index.faiss_index import scores_exactly, set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.export import library_versions
 from streamrec.inference.items import ItemTable
@@ -170,9 +170,13 @@ class _Catalogue:
     # a _writable_copy of it.
     mapped: bool = False
     searchable: int = field(init=False)  # index.ntotal (a SWIG read costs ~0.3 µs)
+    # The index scores from compressed codes (PQ, SQ) or transformed vectors: its candidates
+    # are scored again on the item vectors.
+    rescore: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "searchable", self.index.ntotal)
+        object.__setattr__(self, "rescore", not scores_exactly(self.index))
 
 
 @dataclass
@@ -319,7 +323,8 @@ class Recommender:
 
         Args:
             history: raw item ids the member watched, oldest first (or in any order with
-                ``timestamps``). Ids not in the catalogue are skipped and listed in
+                ``timestamps``); a title watched again counts once, at its last view.
+                Ids not in the catalogue are skipped and listed in
                 ``unknown_ids`` (``strict=True`` raises :class:`UnknownItemsError`).
                 Empty (or all unknown): the most popular titles (``source="popularity"``).
             k: number of titles (>= 1).
@@ -330,7 +335,8 @@ class Recommender:
                 reference the model was evaluated with in ``set`` history mode; pass the
                 real time for ``sequential`` models and live traffic).
             member_features: member attributes the model was trained with (e.g.
-                ``{"age": 31, "country": "SE"}``); absent ones count as unknown.
+                ``{"age": 31, "country": "SE"}``); absent ones count as unknown, others
+                raise ``ValueError``.
             device: the request's device (a value of the training data's device column).
             exclude_seen: leave out titles in ``history``.
             filters: metadata column -> allowed values, e.g. ``{"genres": ["Comedy"]}``;
@@ -340,6 +346,8 @@ class Recommender:
         """
         k = _checked_k(k)
         _check_diversity(diversity)
+        if exclude_seen is not True and exclude_seen is not False or strict is not False and strict is not True:
+            _check_flags(exclude_seen=exclude_seen, strict=strict)
         catalogue = self._catalogue
         request = self._request(history, catalogue, timestamps, watch_fractions, now, member_features, device,
                                 strict, "history")
@@ -368,7 +376,8 @@ class Recommender:
         diversity: float = 0.0,
         strict: bool = False,
     ) -> list[Recommendations]:
-        """:meth:`recommend` for many members at once (one tower pass, one index search).
+        """:meth:`recommend` for many members at once (one tower pass, one index search per
+        history length).
 
         Per-member arguments are sequences parallel to ``histories`` (``now`` may also be
         one value for all). Scores can differ from :meth:`recommend`'s in the last bits of
@@ -377,6 +386,7 @@ class Recommender:
         """
         k = _checked_k(k)
         _check_diversity(diversity)
+        _check_flags(exclude_seen=exclude_seen, strict=strict)
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
         b = len(histories)
@@ -433,7 +443,7 @@ class Recommender:
         row = catalogue.rows.get(item_id)
         if row == ABSENT:
             raise UnknownItemsError(f"item_id: {item_id!r} is not in the catalogue.")
-        if not filters and not diversity and k < catalogue.searchable:
+        if not filters and not diversity and k < catalogue.searchable and not catalogue.rescore:
             return self._similar(catalogue, row, k)
         mask = self._filter_mask(catalogue, filters)
         rows, scores = self._search_one(catalogue, catalogue.vectors[row:row + 1], k, np.array([row]), mask,
@@ -609,7 +619,7 @@ class Recommender:
     def _request(self, history: Sequence[Any], catalogue: _Catalogue, timestamps, watch_fractions, now,
                  member_features, device, strict: bool, name: str) -> _Request:
         if type(history) is not list and (isinstance(history, (str, bytes))
-                                          or not isinstance(history, (Sequence, np.ndarray))
+                                          or not isinstance(history, (Sequence, np.ndarray, pd.Series))
                                           or getattr(history, "ndim", 1) != 1):
             raise ValueError(f"{name}: expected a sequence of item ids, got {_described(history)}.")
         n = len(history)
@@ -617,11 +627,16 @@ class Recommender:
         watch = _numbers(watch_fractions, n, "watch_fractions", name) if watch_fractions is not None else None
         if watch is not None and any(w < 0 or w > 1 for w in watch):
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
-        if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float, np.integer, np.floating))
-                                or not math.isfinite(now)):
+        if now is not None and not _finite_number(now):
             raise ValueError(f"now: expected unix seconds, got {now!r}.")
-        if isinstance(history, np.ndarray):
-            history = history.tolist()
+        if now is not None and times and max(times) > now + SECONDS_PER_DAY:  # clock skew aside
+            raise ValueError(f"timestamps ({name}): a view at {max(times):.0f} is more than a day after now={now!r}; "
+                             "both are unix seconds (not milliseconds).")
+        if device is not None and (isinstance(device, bool) or not isinstance(device, (str, int, np.integer))):
+            raise ValueError(f"device: expected a value of the training data's device column (text or an "
+                             f"integer), got {_described(device)}.")
+        if type(history) is not list:
+            history = history.tolist() if isinstance(history, (np.ndarray, pd.Series)) else list(history)
         exact_type = int if self._id_kind == "int" else str
         plain_ints = exact_type is int
         if set(map(type, history)) - {exact_type}:  # exact types: bool is not an id
@@ -656,6 +671,14 @@ class Recommender:
             order = np.argsort(times_kept, kind="stable")
             codes, times_kept = codes[order], times_kept[order]
             watch_kept = watch_kept[order] if watch_kept is not None else None
+        if len(codes) > 1 and len(set(history)) < n:
+            # A title watched again: its last view only, as training keeps one view per title
+            # (repeats would crowd the other titles out of the tower's window).
+            last = np.sort(len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1])
+            if len(last) < len(codes):
+                codes = codes[last]
+                times_kept = times_kept[last] if times_kept is not None else None
+                watch_kept = watch_kept[last] if watch_kept is not None else None
         if member_features is not None:
             self._check_features(member_features)
         reference = now
@@ -668,9 +691,16 @@ class Recommender:
     def _check_features(self, features: Mapping[str, Any]) -> None:
         if not isinstance(features, Mapping):
             raise ValueError(f"member_features: expected a mapping of feature -> value, got {type(features).__name__}.")
+        known = self._user_spec.columns
         for key, value in features.items():
+            if key not in known:
+                raise ValueError(f"member_features: {key!r} is not a feature this model was trained with "
+                                 f"({'its features are ' + str(list(known)) if known else 'it has none'}).")
             if isinstance(value, (float, np.floating)) and not math.isfinite(value):
                 raise ValueError(f"member_features[{key!r}] is {value}; leave the feature out when it is unknown.")
+            if value is not None and not isinstance(value, (str, int, float, np.integer, np.floating)):
+                raise ValueError(f"member_features[{key!r}]: expected one value (text or a number), "
+                                 f"got {_described(value)}.")
 
     def _queries(self, requests: list[_Request]) -> np.ndarray:
         """Query-tower vectors [B, d] float32."""
@@ -744,16 +774,30 @@ class Recommender:
     def _search(self, catalogue: _Catalogue, queries: np.ndarray, k: int, excludes: list[np.ndarray],
                 filtered: tuple[np.ndarray, int] | None, diversity: float,
                 threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top rows and scores per query, after excluding rows ``excludes[i]``, filters and MMR
-        (one FAISS search for all queries)."""
-        pool, mask, wanted = _search_sizes(catalogue, k, max(map(len, excludes)), filtered, diversity)
-        if not wanted:
-            return [self._top(catalogue, None, query, None, None, seen, mask, pool, k, diversity)
-                    for query, seen in zip(queries, excludes)]
-        scores, labels = _index_search(catalogue, queries, wanted, threads)
+        """Top rows and scores per query, after excluding rows ``excludes[i]``, filters and MMR.
+
+        One FAISS search per number of excluded rows, each asking what :meth:`_search_one`
+        asks for such a query: HNSW's results, and whether a short result falls back to an
+        exact scan, depend on how many results are asked for, so one search sized for the
+        longest history in a batch changed the other members' lists.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, seen in enumerate(excludes):
+            groups.setdefault(len(seen), []).append(i)
         unseen = self._scratch(catalogue).unseen
-        return [self._top(catalogue, unseen, query, found, found_scores, seen, mask, pool, k, diversity)
-                for query, found, found_scores, seen in zip(queries, labels, scores, excludes)]
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
+        for most_seen, members in groups.items():
+            pool, mask, wanted = _search_sizes(catalogue, k, most_seen, filtered, diversity)
+            if not wanted:
+                for i in members:
+                    out[i] = self._top(catalogue, None, queries[i], None, None, excludes[i], mask, pool, k, diversity)
+                continue
+            scores, labels = _index_search(catalogue, queries[members] if len(groups) > 1 else queries, wanted,
+                                           threads)
+            for j, i in enumerate(members):
+                out[i] = self._top(catalogue, unseen, queries[i], labels[j], scores[j], excludes[i], mask, pool, k,
+                                   diversity)
+        return out
 
     def _search_one(self, catalogue: _Catalogue, query: np.ndarray, k: int, seen: np.ndarray,
                     filtered: tuple[np.ndarray, int] | None, diversity: float) -> tuple[np.ndarray, np.ndarray]:
@@ -799,6 +843,8 @@ class Recommender:
         MMR. The returned arrays are new (``found`` may be a thread's reused buffer)."""
         rows = None
         if found is not None:
+            if catalogue.rescore:
+                found, found_scores = _rescored(catalogue.vectors, query, found)
             keep = _not_seen(unseen, seen, found)
             if mask is not None:
                 keep &= mask[found]
@@ -943,6 +989,18 @@ def _faiss_search(catalogue: _Catalogue, queries: np.ndarray, k: int, threads: i
         faiss.omp_set_num_threads(previous)
 
 
+def _rescored(vectors: np.ndarray, query: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's candidates ``found`` (-1 padding last) ordered by their exact inner product
+    with ``query``, and those scores: a compressed index's own scores are approximations
+    (IVF-PQ's put titles in another order than a filtered search's exact scan did)."""
+    valid = found[found >= 0]
+    scores = vectors[valid] @ query.reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    padding = len(found) - len(valid)
+    return (np.concatenate([valid[order], np.full(padding, -1, dtype=found.dtype)]),
+            np.concatenate([scores[order], np.full(padding, -np.inf, dtype=scores.dtype)]))
+
+
 def _not_seen(unseen: np.ndarray, seen: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """[len(rows)] bool: which of ``rows`` (FAISS's -1 allowed: False) are not in ``seen``.
 
@@ -1005,14 +1063,33 @@ def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[floa
                          f"got {_described(values)}.")
     if len(values) != n:
         raise ValueError(f"{what} ({name}): {len(values)} values for {n} history items; give one per item.")
+    given = values.tolist() if isinstance(values, (np.ndarray, pd.Series)) else list(values)
     try:
-        numbers = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} ({name}): expected numbers, got {list(values)[:5]}.") from None
+        if any(isinstance(v, (str, bytes, bool, np.bool_)) for v in given):  # float() would read '1700000000'
+            raise TypeError
+        numbers = [float(v) for v in given]
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float64's range
+        raise ValueError(f"{what} ({name}): expected numbers within float64's range, got {given[:5]}.") from None
     for position, v in enumerate(numbers):
         if not math.isfinite(v):
             raise ValueError(f"{what} ({name})[{position}] is {v}; give finite numbers.")
     return numbers
+
+
+def _check_flags(**flags: Any) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):  # 'False' would be true
+            raise ValueError(f"{name}: expected True or False, got {_described(value)}.")
+
+
+def _finite_number(value: Any) -> bool:
+    """A finite int or float (not a bool); ints past float64's range are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _described(value: Any) -> str:
