@@ -65,6 +65,9 @@ def test_parquet_round_trip_and_catalogue_keeps_unwatched_titles(tmp_path):
         ('user_id,item_id\n1," "\n', None, "column 'item_id' has blank ids"),
         ("user_id,item_id\n1,1e19\n", None, "not whole (or beyond int64)"),
         ('user_id,item_id,title\n1,2,"Heroes\n', None, "a field that opens a quote and does not close it"),
+        ("user_id,item_id,timestamp\n1,2,1e30\n", None, "column 'timestamp' could not be parsed as a time"),  # wrapped
+        ("user_id,item_id,ts,timestamp\n1,2,5,6\n", {"timestamp": "ts"}, "more than one column is called "
+         "['timestamp']"),
     ],
 )
 def test_bad_interactions_name_the_file_and_problem(tmp_path, text, columns, message):
@@ -73,6 +76,41 @@ def test_bad_interactions_name_the_file_and_problem(tmp_path, text, columns, mes
         validate_raw(load_files(path, columns=columns))
     assert message in str(err.value)
     assert "log.csv" in str(err.value)
+
+
+def test_ids_keep_their_spelling_and_one_type_across_files(tmp_path):
+    """pandas read "007" and "7" as one member, a delimiter ending each row as a shift of every
+    column, and a big file's ids as ints or text by chunk."""
+    inter = write(tmp_path, "log.csv", "user_id,item_id,device\n007,10,tv,\n7,11,web,\n7,12,tv,\n")
+    data = validate_raw(load_files(inter))
+    assert data.interactions["user_id"].tolist() == ["007", "7", "7"]  # text: "007" is not 7
+    assert data.interactions["item_id"].tolist() == [10, 11, 12] and data.interactions["device"].tolist() == [
+        "tv", "web", "tv"]
+    plain = validate_raw(load_files(write(tmp_path, "plain.csv", "user_id,item_id\n1,10.0\n2,-3\n")))
+    assert plain.interactions["user_id"].tolist() == [1, 2] and plain.interactions["item_id"].tolist() == [10, -3]
+    items = write(tmp_path, "items.csv", "item_id,title,genres\n10,A, Action | Comedy\n11,B,\n12,C,Drama\nX1,D,\n")
+    joined = validate_raw(load_files(inter, items=items))  # one text id in the items: all text, in both tables
+    assert joined.interactions["item_id"].tolist() == ["10", "11", "12"]
+    assert joined.items["genres"].tolist() == [["Action", "Comedy"], [], ["Drama"], []]
+    big = write(tmp_path, "big.csv", "user_id,item_id\n18446744073709551615,1\n9223372036854775808,2\n")
+    assert validate_raw(load_files(big)).interactions["user_id"].tolist() == [
+        "18446744073709551615", "9223372036854775808"]  # past int64: text, not wrapped
+    rows = "".join(f"{i},1\n" for i in range(300_000)) + "A1,1\n"  # past pandas' chunk of rows
+    mixed = validate_raw(load_files(write(tmp_path, "mixed.csv", "user_id,item_id\n" + rows)))
+    assert set(map(type, mixed.interactions["user_id"])) == {str}
+    pd.DataFrame({"user_id": np.array([2**63, 1], dtype=np.uint64), "item_id": [1, 2]}).to_parquet(tmp_path / "u.pq")
+    with pytest.raises(DataError, match="column 'user_id' has ids beyond int64"):
+        validate_raw(load_files(tmp_path / "u.pq"))
+
+
+def test_item_years_and_genres_of_any_encoding(tmp_path):
+    inter = write(tmp_path, "log.csv", "user_id,item_id\n1,1\n1,2\n")
+    with pytest.raises(DataError, match=r"items\.csv: column 'year' must hold whole years; .* 1996\.5"):
+        validate_raw(load_files(inter, items=write(tmp_path, "items.csv", "item_id,year\n1,1990\n2,1996.5\n")))
+    pd.DataFrame({"item_id": [1, 2], "genres": [["A", None, " B "], None]}).to_parquet(tmp_path / "g.parquet")
+    assert validate_raw(load_files(inter, items=tmp_path / "g.parquet")).items["genres"].tolist() == [["A", "B"], []]
+    codes = validate_raw(load_files(inter, items=write(tmp_path, "codes.csv", "item_id,genres\n1,3\n2,5\n")))
+    assert codes.items["genres"].tolist() == [["3"], ["5"]]
 
 
 def test_bad_row_is_located(tmp_path):
@@ -179,9 +217,12 @@ def test_upper_case_suffixes_and_a_corrupt_parquet(tmp_path):
 
 def test_a_users_table_that_matches_no_member_is_an_error(tmp_path, caplog):
     pd.DataFrame({"user_id": ["1", "2"], "item_id": [5, 6]}).to_parquet(tmp_path / "v.parquet")
-    write(tmp_path, "users.csv", "user_id,age\n1,30\n2,40\n")
+    write(tmp_path, "users.csv", "user_id,age\n3,30\n4,40\n")
     with pytest.raises(DataError, match="no member id is in the users table"):
         validate_raw(load_files(tmp_path / "v.parquet", users=tmp_path / "users.csv"))
+    write(tmp_path, "users.csv", "user_id,age\n1,30\n2,40\n")  # text ids and a CSV's numbers: one type, text
+    assert validate_raw(load_files(tmp_path / "v.parquet", users=tmp_path / "users.csv")).users["user_id"].tolist() \
+        == ["1", "2"]
     write(tmp_path, "some.csv", "user_id,age\n1,30\n")
     pd.DataFrame({"user_id": [1, 2], "item_id": [5, 6]}).to_parquet(tmp_path / "w.parquet")
     with caplog.at_level(logging.WARNING):

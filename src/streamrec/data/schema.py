@@ -129,6 +129,7 @@ def validate_raw(data: RawData) -> RawData:
     items = data.items
     if items is not None:
         items = _validate_items(items, data.where("items"))
+        inter[ITEM_ID], items[ITEM_ID] = _one_id_type(inter[ITEM_ID], items[ITEM_ID])
         unknown = ~inter[ITEM_ID].isin(items[ITEM_ID])
         if unknown.any():
             ids = inter.loc[unknown, ITEM_ID].unique()
@@ -139,7 +140,8 @@ def validate_raw(data: RawData) -> RawData:
             )
     users = data.users
     if users is not None:
-        users = _validate_unique_ids(users, USER_ID, data.where("users"), "users")
+        users = _validate_unique_ids(users, USER_ID, data.where("users"), "users").copy()
+        inter[USER_ID], users[USER_ID] = _one_id_type(inter[USER_ID], users[USER_ID])
         known = inter[USER_ID].isin(users[USER_ID])
         if not known.any():
             raise DataError(
@@ -163,16 +165,30 @@ def _validate_items(items: pd.DataFrame, where: str) -> pd.DataFrame:
     if "genres" in items.columns:
         items["genres"] = items["genres"].map(_as_genre_list)
     if "year" in items.columns:
-        items["year"] = pd.to_numeric(items["year"], errors="coerce").astype("Int64")
+        year = pd.to_numeric(items["year"], errors="coerce")
+        bad = year.notna() & ((year != np.floor(year)) | (year.abs() > 10_000))
+        if bad.any():
+            raise DataError(f"{where}: column 'year' must hold whole years; {_first_bad_row(bad.to_numpy(), items)} "
+                            "does not. Fix those rows, or leave the year empty where it is unknown.")
+        items["year"] = year.astype("Int64")
     return items
 
 
 def _as_genre_list(value: Any) -> list[str]:
+    """A title's genres: "Action|Comedy" (spaces around names dropped) or a list; missing: none."""
     if isinstance(value, str):
-        return [g for g in value.split("|") if g and g != "(no genres listed)"]
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return [g for g in (part.strip() for part in value.split("|")) if g and g != "(no genres listed)"]
+    if _missing_value(value):
         return []
-    return [str(g) for g in value]
+    if isinstance(value, (int, float, np.number)):  # a genre code
+        return [_id_text(value)]
+    return [g.strip() if isinstance(g, str) else _id_text(g) for g in value if not _missing_value(g)
+            and (not isinstance(g, str) or g.strip())]
+
+
+def _missing_value(value: Any) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, (float, np.floating)) and np.isnan(value))
 
 
 def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str) -> pd.DataFrame:
@@ -208,7 +224,9 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
     if pd.api.types.is_bool_dtype(column):
         raise DataError(f"{where}: column '{TIMESTAMP}' holds booleans. Use unix seconds or an ISO 8601 string "
                         "such as 2024-05-01T20:15:00Z.")
-    if pd.api.types.is_integer_dtype(column) and not column.isna().any():
+    if pd.api.types.is_integer_dtype(column) and not column.isna().any() and (
+            not pd.api.types.is_unsigned_integer_dtype(column) or not len(column)
+            or column.max() <= np.iinfo(np.int64).max):
         return column.astype(np.int64), None
     if pd.api.types.is_datetime64_any_dtype(column):
         exact = _datetime_seconds(column)
@@ -234,7 +252,7 @@ def _to_unix_seconds(column: pd.Series, where: str) -> tuple[pd.Series, np.ndarr
         exact[dated] = _date_seconds(column[dated])
         rest = text & exact.isna().to_numpy()
         exact[rest] = pd.to_numeric(column[rest], errors="coerce")
-    bad = ~np.isfinite(exact)
+    bad = ~np.isfinite(exact) | (np.abs(exact) >= 2.0**62)  # past int64 seconds: not a time (and would wrap)
     if bad.any():
         raise DataError(
             f"{where}: column '{TIMESTAMP}' could not be parsed as a time in "
@@ -278,6 +296,10 @@ def _canonical_ids(table: pd.DataFrame, column: str, where: str) -> pd.Series:
                 f"{_first_bad_row(~whole, table)}. Ids must be integers or strings."
             )
         return ids.astype(np.int64)
+    if pd.api.types.is_unsigned_integer_dtype(ids) and len(ids) and ids.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{where}: column '{column}' has ids beyond int64 in "
+                        f"{_first_bad_row((ids > np.iinfo(np.int64).max).to_numpy(), table)}. Store such ids as "
+                        "text.")
     if pd.api.types.is_object_dtype(ids) or pd.api.types.is_string_dtype(ids):
         for bad, what in ((lambda v: isinstance(v, str) and not v.strip(), "blank ids"),
                           (lambda v: isinstance(v, (bool, np.bool_)), "booleans")):
@@ -287,7 +309,27 @@ def _canonical_ids(table: pd.DataFrame, column: str, where: str) -> pd.Series:
                     f"{where}: column '{column}' has {what} in {_first_bad_row(rows, table)}. "
                     "Every row needs an id, an integer or a string: fix or remove those rows."
                 )
+        text = ids.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        if text.any() and not text.all():  # 7 and "A99": one type, as text ("7")
+            log.warning("%s: column '%s' mixes numbers and text; all its ids are read as text", where, column)
+            return ids.map(_id_text)
     return ids
+
+
+def _id_text(value: Any) -> str:
+    """An id as text: whole-number floats without their ".0"."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _one_id_type(ids: pd.Series, other: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The same ids in two tables, of one type: integers on one side and text on the other
+    (a table with one id such as "X1" is all text) become text on both."""
+    numeric = [pd.api.types.is_integer_dtype(t) for t in (ids, other)]
+    if numeric[0] == numeric[1]:
+        return ids, other
+    return tuple(t.map(_id_text) if n else t for t, n in zip((ids, other), numeric))  # type: ignore[return-value]
 
 
 class IdMap:
