@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -498,7 +499,7 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"member_features": {"plan": ["premium"]}}, r"member_features\['plan'\]: expected one value"),
     ({"member_features": {"plna": "premium"}}, r"member_features: 'plna' is not a feature this model was trained "
      r"with \(its features are \['plan'\]\)"),
-    ({"device": float("nan")}, "device: expected a value of the training data's device column"),
+    ({"device": 1.5}, "device: expected a value of the training data's device column"),
     ({"device": ["tv"]}, "device: expected a value of the training data's device column"),
     ({"exclude_seen": "False"}, "exclude_seen: expected True or False, got str 'False'"),
     ({"strict": 1}, "strict: expected True or False"),
@@ -519,6 +520,18 @@ def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, m
 def test_bad_batch_input_raises_value_error_naming_the_argument(recommender, kwargs, message):
     with pytest.raises(ValueError, match=message):
         recommender.recommend_batch([[1000, 1001]], **kwargs)
+
+
+def test_missing_request_values_count_as_unknown(recommender):
+    """What pandas hands over for an empty cell (NaN in a text column, NA) is an unknown device
+    or feature, as None is; numpy bools are bools."""
+    plain = recommender.recommend([1000, 1001], k=5)
+    for device in (float("nan"), pd.NA, None):
+        assert recommender.recommend([1000, 1001], k=5, device=device) == plain
+    assert recommender.recommend([1000, 1001], k=5, member_features={"plan": pd.NA}) == plain
+    assert recommender.recommend_batch([[1000, 1001]], k=5, devices=[float("nan")])[0] == plain
+    assert recommender.recommend([1000, 1001], k=5, member_features={"plan": np.True_}) == recommender.recommend(
+        [1000, 1001], k=5, member_features={"plan": True})
 
 
 def test_a_title_watched_again_counts_once_at_its_last_view(recommender, artifact):
@@ -782,23 +795,34 @@ def test_what_a_killed_writer_left_is_cleaned_up_and_its_moved_bundle_put_back(r
         monkeypatch.setattr(artifact_module, "_exchange", lambda a, b: False)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
-    dead_pid = int(dead.stdout)
+    host, dead_pid = artifact_module._HOST, int(dead.stdout)
     recommender.save(tmp_path / "rec")
     first = (tmp_path / "rec" / "manifest.json").read_text()
-    # A writer killed between moving the old bundle aside and renaming its new one in:
-    (tmp_path / "rec").rename(tmp_path / f".rec.{dead_pid}.1700000000000000000.old")
-    (tmp_path / f".rec.{dead_pid}.abc_12.tmp").mkdir()  # and one killed while writing
-    (tmp_path / f".rec.{os.getpid()}.live.tmp").mkdir()  # a writer still running: left alone
-    (tmp_path / f".rec.5.{dead_pid}.x.tmp").mkdir()  # another artifact's (".rec.5"): left alone
+    # A writer on this host killed between moving the old bundle aside and renaming its new one in:
+    (tmp_path / "rec").rename(tmp_path / f".rec.{host}-{dead_pid}.1700000000000000000.old")
+    (tmp_path / f".rec.{host}-{dead_pid}.abc_12xy.tmp").mkdir()  # and one killed while writing
+    kept = [f".rec.{host}-{os.getpid()}.live1234.tmp",  # a writer still running
+            ".rec.0badc0de-1.live1234.tmp",  # a writer on another host (a shared volume), not a day old
+            f".rec.5.{host}-{dead_pid}.x.tmp",  # another artifact's (".rec.5")
+            ".rec.20240301.before-retrain.old",  # the user's own
+            f".rec.{host}-99999999999.abc.tmp"]  # no process has such an id
+    for name in kept:
+        (tmp_path / name).mkdir()
     with pytest.raises(RuntimeError, match="disk full"):
         write_artifact(tmp_path / "rec", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
     assert (tmp_path / "rec" / "manifest.json").read_text() == first  # put back, and kept by the failed write
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["rec", f".rec.{os.getpid()}.live.tmp", f".rec.5.{dead_pid}.x.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["rec", *kept])
     recommender.save(tmp_path / "rec")
     assert Recommender.load(tmp_path / "rec").n_items == recommender.n_items
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["rec", f".rec.{os.getpid()}.live.tmp", f".rec.5.{dead_pid}.x.tmp"])  # no bundle of its own left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["rec", *kept])  # no bundle of its own left
+
+
+def test_a_damaged_artifact_is_rebuilt_in_place(recommender, copy_of_artifact):
+    (copy_of_artifact / "manifest.json").write_text('{"format": "streamrec-retr')  # cut short
+    with pytest.raises(ArtifactError, match="corrupted"):
+        Recommender.load(copy_of_artifact)
+    recommender.save(copy_of_artifact)  # its files are an artifact's: replaced
+    assert Recommender.load(copy_of_artifact).n_items == recommender.n_items
 
 
 def test_every_file_load_reads_must_be_listed_with_its_checksum(copy_of_artifact):
@@ -1300,6 +1324,7 @@ def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path)
     model, spec, items, popularity = tiny_catalogue()
     items["studio"], items["released"], items["runtime"] = "A", pd.Timestamp("2020-01-01"), pd.Timedelta("90min")
     items["logged"] = pd.to_datetime(np.arange(N_ITEMS) + 1)  # nanoseconds: once served as an int
+    items["opened"] = [datetime.date(2020, 1, 2)] * N_ITEMS  # a date32 column: served as dates
     changed = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
     with pytest.raises(ValueError, match=r"items\.studio\[1\]: the catalogue's studio holds one value per title, "
                                          r"got list \['B'\]"):
@@ -1309,8 +1334,11 @@ def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path)
     for bad in ("soon", 20200101, True):
         with pytest.raises(ValueError, match=r"items\.released: the catalogue's released holds dates and times"):
             changed.add_items([{"item_id": 9002, "released": bad}])
-    with pytest.raises(ValueError, match=r"items\.runtime: the catalogue's runtime holds durations, got \[90\]"):
+    with pytest.raises(ValueError, match=r"items\.runtime: the catalogue's runtime holds durations that fit "
+                                         r"timedelta64\[us\], got \[90\]"):
         changed.add_items([{"item_id": 9002, "runtime": 90}])
+    with pytest.raises(ValueError, match=r"items\.logged: .* that fit datetime64\[ns\], got \['9999-12-31'\]"):
+        changed.add_items([{"item_id": 9002, "logged": "9999-12-31"}])  # numpy would wrap it to 1816
     assert 9000 not in changed and 9001 not in changed and 9002 not in changed
     changed.add_items([{"item_id": 9003, "released": "2031-05-01", "runtime": "2h", "label": "7", "score": 0.5},
                        {"item_id": 9004, "released": "2031-05-01T02:00:00+02:00", "label": None},
@@ -1326,6 +1354,7 @@ def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path)
         assert (rows[1000]["label"], rows[9003]["label"], rows[9004]["label"]) == (None, "7", None)
         assert (rows[1000]["score"], rows[9003]["score"]) == (None, 0.5)
         assert (rows[1001]["logged"], rows[9003]["logged"]) == (pd.Timestamp(2), None)
+        assert rows[1000]["opened"] == datetime.date(2020, 1, 2) and type(rows[1000]["opened"]) is datetime.date
         # A text column filters as text in memory as after loading: the number 7 is its text "7".
         assert served.recommend([], k=5, filters={"label": [7]}).item_ids == [9003]
         assert served.recommend([], k=5, filters={"score": [0.5]}).item_ids == [9003]

@@ -153,7 +153,7 @@ class UserFeatureSpec:
         codes = []
         for column in self.columns:
             value = features.get(column) if features else None
-            if value is None:
+            if value is None or value is pd.NA:  # unknown
                 codes.append(0)
             elif column in self.edges:
                 try:

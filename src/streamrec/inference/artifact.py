@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # What Recommender.load reads: each must be listed with its checksum (recall_latency.png is not read).
 SERVED_FILES = ("query_tower.pt", "item_tower.pt", "item_vectors.npy", "index.faiss", "items.parquet")
+PLOT = "recall_latency.png"
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _clean_up_after_dead_writers(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp"))
     except OSError as error:
         raise OSError(f"{path}: cannot write an artifact in {path.parent} ({error.strerror or error}); "
                       "choose a writable directory.") from None
@@ -101,7 +103,7 @@ def _replace_in_two_steps(tmp: Path, path: Path) -> None:
     aside first, so ``path`` is never half written. A reader may find no bundle for an
     instant, never a mixed one; a writer killed in that instant leaves the old bundle aside,
     and the next write to ``path`` puts it back before replacing it."""
-    old = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.old")
+    old = path.with_name(f".{path.name}.{_writer_tag()}.{time.time_ns()}.old")
     os.replace(path, old)
     try:
         os.replace(tmp, path)
@@ -115,11 +117,13 @@ def _replace_in_two_steps(tmp: Path, path: Path) -> None:
 
 
 def _is_artifact(path: Path) -> bool:
-    """Whether ``path`` holds a streamrec artifact's manifest (any version, intact or not)."""
+    """Whether ``path`` holds a streamrec artifact: its manifest says so, or the manifest is
+    unreadable and every file is one an artifact has (a damaged bundle is rebuilt in place)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        names = {p.name for p in path.iterdir()}
+        return MANIFEST in names and bool(names & set(SERVED_FILES)) and names <= {MANIFEST, *SERVED_FILES, PLOT}
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
 
 
@@ -151,15 +155,24 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _clean_up_after_dead_writers(path: Path) -> None:
-    """Remove what a writer of ``path`` killed mid-way left beside it (named with its process
-    id): its temporary directory, or the previous bundle it had moved aside, which is put
-    back first if ``path`` is gone."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")  # as written here, no more
-    left = [(sibling, match) for sibling in path.parent.iterdir()
-            if (match := pattern.fullmatch(sibling.name)) and sibling.is_dir() and not sibling.is_symlink()
-            and not _alive(int(match.group(1)))]
+    """Remove what a writer of ``path`` killed mid-way left beside it: its temporary
+    directory, or the previous bundle it had moved aside, which is put back first if
+    ``path`` is gone. Only names this module writes are touched; they carry the writer's
+    host and process id. A writer on this host is known dead when its process is gone (one
+    in another process namespace with the same host name would look dead too); what a
+    writer on another host (a shared volume) left is removed only after a day."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})-([0-9]{{1,10}})\.(?:[a-z0-9_]+\.tmp|([0-9]+)\.old)")
+    left = []
+    for sibling in path.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match is None or not sibling.is_dir() or sibling.is_symlink():
+            continue
+        if match.group(1) == _HOST and not _alive(int(match.group(2))):
+            left.append((sibling, match))
+        elif match.group(1) != _HOST and time.time() - sibling.stat().st_mtime > 86_400:
+            left.append((sibling, match))
     for sibling, match in sorted(left, key=lambda found: found[0].stat().st_mtime, reverse=True):  # newest first
-        if match.group(2) == "old" and not path.exists():
+        if match.group(3) is not None and not path.exists():
             os.replace(sibling, path)
             log.warning("%s: put back the previous artifact, which an interrupted write had left at %s",
                         path, sibling.name)
@@ -167,14 +180,22 @@ def _clean_up_after_dead_writers(path: Path) -> None:
         shutil.rmtree(sibling, ignore_errors=True)
 
 
+def _writer_tag() -> str:
+    """This writer's part of the names beside an artifact: its host, hashed, and process id."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) is not a probe
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError):  # another user's process; a number no process has
         return True
     return True
 

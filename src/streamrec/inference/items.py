@@ -83,6 +83,10 @@ class ItemTable:
             if isinstance(values, pa.Array) and not _text(values):
                 columns[name] = values.to_pandas(types_mapper=pd.ArrowDtype)  # saved with their type and nulls
                 continue
+            if isinstance(values, np.ndarray) and values.dtype == np.dtype("datetime64[D]"):
+                # a date column: pandas would make datetimes of it (date32 -> timestamp[s] once saved)
+                columns[name] = pa.array(values).to_pandas(types_mapper=pd.ArrowDtype)
+                continue
             columns[name] = values.to_pandas() if isinstance(values, pa.Array) else values
         for name, (offsets, values) in self.lists.items():
             columns[name] = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(self.n)]
@@ -241,15 +245,21 @@ def _joined_booleans(name: str, existing: pa.Array | np.ndarray, added: pa.Array
 def _times(name: str, values: pa.Array | np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``values`` as ``dtype`` (datetime64 or timedelta64): dates and times (or durations),
     their text, or missing; anything else is refused with the column named."""
+    what = "dates and times" if dtype.kind == "M" else "durations"
     if isinstance(values, np.ndarray) and values.dtype.kind == dtype.kind:
-        return values.astype(dtype)
+        cast = values.astype(dtype)
+        lost = ~np.isnat(values) & (cast.astype(values.dtype) != values)
+        if lost.any():
+            raise ValueError(f"items.{name}: the catalogue's {name} holds {what} that fit {dtype}, got "
+                             f"{[values[lost][0]]!r}.")
+        return cast
     out = []
     for given in values.to_pylist() if isinstance(values, pa.Array) else values.tolist():
         try:
             out.append(None if _missing_time(given) else _time(given, dtype))
         except (TypeError, ValueError):
-            what = "dates and times" if dtype.kind == "M" else "durations"
-            raise ValueError(f"items.{name}: the catalogue's {name} holds {what}, got {[given]!r}.") from None
+            raise ValueError(f"items.{name}: the catalogue's {name} holds {what} that fit {dtype}, got "
+                             f"{[given]!r}.") from None
     return np.array(out, dtype=object).astype(dtype)
 
 
@@ -274,10 +284,15 @@ def _time(given: Any, dtype: np.dtype) -> np.datetime64 | np.timedelta64:
         value = pd.Timestamp(given)
         if value.tzinfo is not None:
             value = value.tz_convert("UTC").tz_localize(None)
-        return value.to_datetime64()
-    if not isinstance(given, (str, datetime.timedelta, np.timedelta64)) or _missing_time(given):
-        raise TypeError(given)
-    return pd.Timedelta(given).to_timedelta64()
+        exact = value.to_datetime64()
+    else:
+        if not isinstance(given, (str, datetime.timedelta, np.timedelta64)) or _missing_time(given):
+            raise TypeError(given)
+        exact = pd.Timedelta(given).to_timedelta64()
+    cast = exact.astype(dtype)
+    if cast.astype(exact.dtype) != exact:  # past the column's range (9999-12-31 in nanoseconds): numpy wraps
+        raise ValueError(f"{given!r} does not fit {dtype}")
+    return cast
 
 
 def _missing_time(value: Any) -> bool:
@@ -340,10 +355,11 @@ def _empty_lists(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _python(value: Any) -> Any:
     if isinstance(value, pa.Scalar):
         return value.as_py()
-    if isinstance(value, np.datetime64):  # item() of a nanosecond one is an int
-        return None if np.isnat(value) else pd.Timestamp(value)
-    if isinstance(value, np.timedelta64):
-        return None if np.isnat(value) else pd.Timedelta(value)
+    if isinstance(value, (np.datetime64, np.timedelta64)):  # a date, datetime or timedelta; None for NaT
+        item = value.item()
+        if isinstance(item, int):  # nanoseconds, which Python's types cannot hold: pandas' then
+            return pd.Timestamp(value) if isinstance(value, np.datetime64) else pd.Timedelta(value)
+        return item
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

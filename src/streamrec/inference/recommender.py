@@ -632,7 +632,8 @@ class Recommender:
         if now is not None and times and max(times) > now + SECONDS_PER_DAY:  # clock skew aside
             raise ValueError(f"timestamps ({name}): a view at {max(times):.0f} is more than a day after now={now!r}; "
                              "both are unix seconds (not milliseconds).")
-        if device is not None and (isinstance(device, bool) or not isinstance(device, (str, int, np.integer))):
+        if device is not None and (isinstance(device, bool) or not isinstance(device, (str, int, np.integer))) \
+                and not _missing(device):  # missing (NaN, as pandas reads an empty text cell; NA): unknown
             raise ValueError(f"device: expected a value of the training data's device column (text or an "
                              f"integer), got {_described(device)}.")
         if type(history) is not list:
@@ -674,7 +675,7 @@ class Recommender:
         if len(codes) > 1 and len(set(history)) < n:
             # A title watched again: its last view only, as training keeps one view per title
             # (repeats would crowd the other titles out of the tower's window).
-            last = np.sort(len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1])
+            last = np.fromiter(sorted({code: i for i, code in enumerate(codes.tolist())}.values()), np.int64)
             if len(last) < len(codes):
                 codes = codes[last]
                 times_kept = times_kept[last] if times_kept is not None else None
@@ -698,7 +699,8 @@ class Recommender:
                                  f"({'its features are ' + str(list(known)) if known else 'it has none'}).")
             if isinstance(value, (float, np.floating)) and not math.isfinite(value):
                 raise ValueError(f"member_features[{key!r}] is {value}; leave the feature out when it is unknown.")
-            if value is not None and not isinstance(value, (str, int, float, np.integer, np.floating)):
+            if value is not None and value is not pd.NA and not isinstance(value, (str, int, float, np.number,
+                                                                                 np.bool_)):
                 raise ValueError(f"member_features[{key!r}]: expected one value (text or a number), "
                                  f"got {_described(value)}.")
 
