@@ -13,23 +13,22 @@ columns holds the member id, the title id, the time, and so on, e.g. for Last.fm
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import pandas as pd
 
 from streamrec.data.schema import INTERACTION_COLUMNS, ITEM_ID, USER_ID, DataError, RawData
 
 
-def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8",
-               id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
     """Read a CSV/TSV (separator from ``sep`` or the extension) or parquet file.
 
-    A text file's ``id_columns`` are read as text and become integers only when every id is
-    an integer written plainly (``7``, ``-3``, ``7.0``; not ``007``) within int64: pandas
-    alone read ``007`` and ``7`` as one member, and past 2**64 or beside one text id
-    typed them by chunks of a big file.
+    Columns are typed from all their rows (a big file's ids are not ints in one chunk and
+    text in the next). Rows with one field more than the header are either row names (R's
+    ``write.table``), dropped, or a delimiter ending every row, which does not shift the
+    columns.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -48,10 +47,17 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
         # Comma files quote as RFC 4180 (`"American President, The (1995)"`, as pandas, Excel and
         # R write them); in tab-separated logs quotes are data (Last.fm's `"Weird Al" Yankovic`).
         quoting = csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
-        # index_col=False: a delimiter ending every row must not shift the columns onto the
-        # header's; low_memory=False: each column typed from all its rows, not chunk by chunk.
-        frame = pd.read_csv(path, sep=sep, encoding=encoding, quoting=quoting, index_col=False, low_memory=False,
-                            dtype={column: str for column in id_columns})
+        options = dict(sep=sep, encoding=encoding, quoting=quoting)
+        with warnings.catch_warnings(record=True) as caught:  # index_col=False: an empty last field is dropped
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            warnings.simplefilter("always", pd.errors.DtypeWarning)
+            frame = pd.read_csv(path, index_col=False, **options)
+        if any(issubclass(w.category, pd.errors.DtypeWarning) for w in caught):
+            # Typed chunk by chunk, a column mixed ints and text: typed from all its rows (2x slower).
+            options["low_memory"] = False
+            frame = pd.read_csv(path, index_col=False, **options)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # a field more, not empty
+            frame = pd.read_csv(path, **options).reset_index(drop=True)  # the first: row names
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: the file is empty ({err}).") from err
     except pd.errors.ParserError as err:
@@ -63,34 +69,7 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
         raise DataError(f"{path}: not valid {encoding} ({err}). Set `encoding`, e.g. latin-1.") from err
     if frame.empty:
         raise DataError(f"{path}: the file has a header but no rows.")
-    for column in id_columns:
-        if column in frame.columns:
-            frame[column] = _plain_integers(frame[column])
     return frame
-
-
-_PLAIN_INTEGER = r"-?(?:0|[1-9][0-9]*)(?:\.0*)?"
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _plain_integers(ids: pd.Series) -> pd.Series:
-    """Text ids as int64 when every one is an integer written plainly within int64, as numbers
-    when they are numbers and some have a fraction (refused as ids later, naming the row),
-    else as they are."""
-    present = ids.dropna()
-    if not len(present):
-        return ids
-    if not present.str.fullmatch(_PLAIN_INTEGER).all():
-        number = r"-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
-        if present.str.fullmatch(number).all() and present.str.contains(r"[.eE]").any():
-            return pd.to_numeric(ids)  # 10.5 or 1e19 among numbers: refused as ids later, naming the row
-        return ids
-    whole = present.str.replace(r"\.0*$", "", regex=True).map(int)
-    if whole.min() < _INT64[0] or whole.max() > _INT64[1]:
-        return ids
-    out = pd.Series(np.nan, index=ids.index, dtype=object)
-    out[present.index] = whole
-    return out.astype(np.int64) if len(present) == len(ids) else out
 
 
 def _rename(frame: pd.DataFrame, columns: Mapping[str, str] | None, path: Path) -> pd.DataFrame:
@@ -135,9 +114,7 @@ def load_files(
         keep_columns: keep columns that are not canonical (default: drop them).
     """
     inter_path = Path(interactions).expanduser()
-    columns, item_columns, user_columns = dict(columns or {}), dict(item_columns or {}), dict(user_columns or {})
-    ids = tuple(columns.get(key, key) for key in (USER_ID, ITEM_ID))
-    inter = _rename(read_table(inter_path, sep, encoding, ids), columns, inter_path)
+    inter = _rename(read_table(inter_path, sep, encoding), columns, inter_path)
     missing = [c for c in (USER_ID, ITEM_ID) if c not in inter.columns]
     if missing:  # checked here, while the message can still list the file's own columns
         raise DataError(
@@ -150,13 +127,11 @@ def load_files(
     item_frame = user_frame = None
     if items is not None:
         item_path = Path(items).expanduser()
-        item_frame = _rename(read_table(item_path, sep, encoding, (item_columns.get(ITEM_ID, ITEM_ID),)),
-                             item_columns, item_path)
+        item_frame = _rename(read_table(item_path, sep, encoding), item_columns, item_path)
         origin["items"] = str(item_path)
     if users is not None:
         user_path = Path(users).expanduser()
-        user_frame = _rename(read_table(user_path, sep, encoding, (user_columns.get(USER_ID, USER_ID),)),
-                             user_columns, user_path)
+        user_frame = _rename(read_table(user_path, sep, encoding), user_columns, user_path)
         origin["users"] = str(user_path)
     for frame, table, key in ((item_frame, "items", ITEM_ID), (user_frame, "users", USER_ID)):
         if frame is not None and key not in frame.columns:

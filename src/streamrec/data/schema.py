@@ -297,9 +297,8 @@ def _canonical_ids(table: pd.DataFrame, column: str, where: str) -> pd.Series:
             )
         return ids.astype(np.int64)
     if pd.api.types.is_unsigned_integer_dtype(ids) and len(ids) and ids.max() > np.iinfo(np.int64).max:
-        raise DataError(f"{where}: column '{column}' has ids beyond int64 in "
-                        f"{_first_bad_row((ids > np.iinfo(np.int64).max).to_numpy(), table)}. Store such ids as "
-                        "text.")
+        log.warning("%s: column '%s' has ids beyond int64; all its ids are read as text", where, column)
+        return ids.map(str)  # an id is a label: past int64 it would wrap
     if pd.api.types.is_object_dtype(ids) or pd.api.types.is_string_dtype(ids):
         for bad, what in ((lambda v: isinstance(v, str) and not v.strip(), "blank ids"),
                           (lambda v: isinstance(v, (bool, np.bool_)), "booleans")):
@@ -326,8 +325,9 @@ def _id_text(value: Any) -> str:
 def _one_id_type(ids: pd.Series, other: pd.Series) -> tuple[pd.Series, pd.Series]:
     """The same ids in two tables, of one type: integers on one side and text on the other
     (a table with one id such as "X1" is all text) become text on both."""
-    numeric = [pd.api.types.is_integer_dtype(t) for t in (ids, other)]
-    if numeric[0] == numeric[1]:
+    text = [pd.api.types.infer_dtype(t, skipna=True) == "string" for t in (ids, other)]
+    numeric = [pd.api.types.infer_dtype(t, skipna=True) == "integer" for t in (ids, other)]
+    if not (text[0] and numeric[1] or text[1] and numeric[0]):
         return ids, other
     return tuple(t.map(_id_text) if n else t for t, n in zip((ids, other), numeric))  # type: ignore[return-value]
 
