@@ -247,3 +247,9 @@ def test_batch_size_invariance_with_progress_bar() -> None:
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-6, nan_ok=True), key
+
+
+def test_a_test_part_without_interactions_is_a_clear_error():
+    empty = sp.csr_matrix((len(SCORES), len(SCORES[0])))  # was a ZeroDivisionError
+    with pytest.raises(ValueError, match="test has no interactions: no member can be evaluated"):
+        evaluate_ranking(_fixed_scores(SCORES), empty, EXCLUDE, ks=(2,))

@@ -230,6 +230,17 @@ def test_missing_validation_split_is_a_clear_error(tmp_path):
         train(cfg)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.split.ratios=[0.9,0.1,0.0]"], "the split has no test part"),  # was a ZeroDivisionError after training
+    (["eval.ks=[10,100000]"], r"eval\.ks=\[10, 100000\]: the catalogue has \d+ titles"),  # failed after training
+    (["model.eval_ks=[100000]", "monitor=val/ndcg@100000"], r"model\.eval_ks=\[100000\]: the catalogue has"),
+])
+def test_splits_and_cut_offs_that_would_fail_after_training_are_refused_first(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_cfg(tmp_path, TINY + overrides))
+    assert not list((tmp_path / "checkpoints").glob("*/*.ckpt"))  # refused before any training
+
+
 @pytest.mark.slow
 def test_wandb_offline_logger(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

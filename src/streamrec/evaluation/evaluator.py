@@ -159,6 +159,8 @@ def _binary_csr(x: object, name: str, shape: tuple[int, int] | None) -> sp.csr_m
 def _check_users(users: np.ndarray | None, test: sp.csr_matrix) -> np.ndarray:
     n_test = np.diff(test.indptr)
     if users is None:
+        if not n_test.any():
+            raise ValueError("test has no interactions: no member can be evaluated (give the split a test part).")
         return np.flatnonzero(n_test > 0).astype(np.int64)
     users = np.asarray(users)
     if users.ndim != 1 or not (np.issubdtype(users.dtype, np.integer) or users.size == 0):

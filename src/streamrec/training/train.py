@@ -179,6 +179,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"{data.name}: the split has no validation part, which early stopping and checkpoint "
             "selection need. Give data.split.ratios three values, e.g. [0.8, 0.1, 0.1]."
         )
+    if len(data.test) == 0:
+        raise ValueError(f"{data.name}: the split has no test part, which the run ends by evaluating. Give "
+                         "data.split.ratios a test share, e.g. [0.8, 0.1, 0.1].")
+    for name, ks in (("model.eval_ks", cfg.model.get("eval_ks") or ()), ("eval.ks", cfg.eval.ks)):
+        if any(k > data.n_items for k in ks):
+            raise ValueError(f"{name}={list(ks)}: the catalogue has {data.n_items} titles; choose cut-offs up to "
+                             f"{data.n_items}.")
     # Passed after instantiation: Hydra would turn the SplitData dataclass into a config.
     datamodule: RetrievalDataModule = instantiate(cfg.datamodule, _partial_=True)(data=data)
     derived, buffers, features = model_inputs(data, datamodule, cfg.features.text_buckets, cfg.features.max_tokens,
