@@ -1362,6 +1362,36 @@ def test_added_metadata_keeps_each_columns_shape_and_type_through_save(tmp_path)
         assert served.recommend([], k=5, filters={"runtime": ["120 min"]}).item_ids == [9003]
 
 
+def test_added_titles_that_save_could_not_write_are_refused_and_odd_columns_read_back_as_given(tmp_path):
+    model, spec, items, popularity = tiny_catalogue()
+    items["codes"] = [[1, None] if i == 0 else [1, 2] for i in range(N_ITEMS)]  # read as [1.0, nan] before
+    items["nested"] = [[[1], [2, 3]]] * N_ITEMS  # read as numpy arrays before
+    items["kind"] = pd.Categorical(["x", "y"] * (N_ITEMS // 2))
+    items["info"] = [{"a": 1}] * N_ITEMS
+    items["unset"] = None
+    items["weight"] = np.full(N_ITEMS, 0.1, dtype=np.float32)
+    items["big"] = np.full(N_ITEMS, 2**62 + 1, dtype=np.int64)
+    served = exported(tmp_path / "a", model, spec, items, popularity, "Flat")
+    first = served.recommend([], k=N_ITEMS)
+    row = next(r for r in first if r.item_id == 1000).metadata
+    assert (row["codes"], row["nested"]) == ([1, None], [[1], [2, 3]])
+    assert served.recommend([], k=5, filters={"unset": [None]}).item_ids == []  # None matches nothing, as elsewhere
+    assert len(served.recommend([], k=N_ITEMS, filters={"weight": [0.1]})) == N_ITEMS  # float32(0.1) is 0.1 here
+    # Each was accepted before, and then save() failed with a pyarrow error:
+    for column, value in (("codes", ["x"]), ("kind", 5), ("info", 5), ("nested", [1])):
+        with pytest.raises(ValueError, match=rf"items\.{column}: the new values cannot be stored beside the "):
+            served.add_items([{"item_id": 9000, "title": "N", column: value}])
+    with pytest.raises(ValueError, match=r"items\.big: the catalogue's big holds integers past 2\*\*53"):
+        served.add_items([{"item_id": 9000, "title": "N", "big": 2.5}])  # 2**62 + 1 would read 2**62
+    assert 9000 not in served
+    served.add_items([{"item_id": 9001, "title": "M", "codes": [3, None], "kind": "z", "info": {"a": 2}}])
+    served.save(tmp_path / "b")
+    for copy in (served, Recommender.load(tmp_path / "b")):
+        rows = {r.item_id: r.metadata for r in copy.recommend([], k=N_ITEMS + 1)}
+        assert (rows[9001]["codes"], rows[9001]["kind"], rows[1000]["codes"]) == ([3, None], "z", [1, None])
+        assert rows[1001]["big"] == 2**62 + 1
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
 def test_save_after_changes_serves_exactly_the_same(tmp_path, factory):
     model, spec, items, popularity = tiny_catalogue()

@@ -43,7 +43,13 @@ class ItemTable:
             column = table.column(name).combine_chunks()
             if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
                 offsets = column.offsets.to_numpy().astype(np.int64)
-                values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+                inner = column.values.slice(offsets[0], offsets[-1] - offsets[0])
+                if inner.null_count or pa.types.is_nested(inner.type):
+                    # [1, None] would read [1.0, nan], and [[1], [2, 3]] as numpy arrays
+                    values = np.empty(len(inner), dtype=object)
+                    values[:] = inner.to_pylist()
+                else:
+                    values = inner.to_numpy(zero_copy_only=False)
                 lists[name] = (offsets - offsets[0], values)
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 scalars[name] = column  # converted one value at a time: a million titles load instantly
@@ -104,8 +110,9 @@ class ItemTable:
         return out
 
     def mask(self, column: str, allowed: Iterable[Any]) -> np.ndarray:
-        """[n] bool: rows whose ``column`` is one of ``allowed`` (list columns: any element)."""
-        allowed = list(allowed)
+        """[n] bool: rows whose ``column`` is one of ``allowed`` (list columns: any element).
+        A missing value (None, NaN, NA) in ``allowed`` matches nothing, as everywhere."""
+        allowed = [a for a in allowed if _python(a) is not None and a is not pd.NA]
         if column in self.lists:
             offsets, values = self.lists[column]
             member = np.concatenate([[0], np.cumsum(np.isin(values, allowed))])
@@ -127,9 +134,9 @@ class ItemTable:
                 allowed = np.array(_booleans_in(allowed), dtype=bool)
             elif values.dtype.kind in "Mm":  # dates or durations: also as text
                 allowed = _times_in(allowed, values.dtype)
-            elif values.dtype.kind == "f":
+            elif values.dtype.kind == "f":  # in the column's precision: float32(0.1) is not 0.1
                 allowed = np.array([a for a in allowed if isinstance(a, (int, float, np.integer, np.floating))
-                                    and not isinstance(a, (bool, np.bool_))], dtype=np.float64)
+                                    and not isinstance(a, (bool, np.bool_))], dtype=np.float64).astype(values.dtype)
             return np.isin(values, allowed)
         raise ValueError(f"filters: unknown metadata column {column!r}; the items have {self.columns}.")
 
@@ -176,13 +183,28 @@ class ItemTable:
                 existing = existing.astype(added.dtype)
             elif existing.dtype != added.dtype:
                 existing, added = existing.astype(object), added.astype(object)
-            scalars[name] = np.concatenate([existing, added])
+            scalars[name] = _storable(name, np.concatenate([existing, added]), existing)
         lists = {}
         for name in dict.fromkeys([*self.lists, *other.lists]):
             o1, v1 = self.lists.get(name, _empty_lists(self.n))
             o2, v2 = other.lists.get(name, _empty_lists(other.n))
-            lists[name] = (np.concatenate([o1, o2[1:] + o1[-1]]), np.concatenate([v1, v2]))
+            lists[name] = (np.concatenate([o1, o2[1:] + o1[-1]]), _storable(name, np.concatenate([v1, v2]), v1))
         return ItemTable(self.n + other.n, scalars, lists)
+
+
+def _storable(name: str, joined: np.ndarray, existing: np.ndarray) -> np.ndarray:
+    """``joined`` (``existing`` values, then new ones), checked to be one column that ``save``
+    can write: objects of the types no other rule reads (structs, decimals, bytes, nested
+    lists, categories) mixed with others are refused, naming the column."""
+    if joined.dtype != object:
+        return joined
+    try:
+        pa.array(joined, from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as error:
+        kinds = sorted({type(v).__name__ for v in existing[:1000] if _python(v) is not None})
+        raise ValueError(f"items.{name}: the new values cannot be stored beside the catalogue's "
+                         f"({', '.join(kinds) or 'missing'}): {error}.") from None
+    return joined
 
 
 def _integers(values: pa.Array | np.ndarray) -> bool:
@@ -202,8 +224,14 @@ def _joined_integers(name: str, existing: pa.Array | np.ndarray, added: pa.Array
     numbers = _python_numbers(name, added)
     if any(isinstance(v, float) and not v.is_integer() for v in numbers):  # e.g. a rank of 2.5
         old = existing.to_numpy(zero_copy_only=False) if isinstance(existing, pa.Array) else existing
+        floats = old.astype(np.float64)
+        whole = ~np.isnan(floats)
+        if whole.any() and np.abs(floats[whole]).max() > 2.0**53:  # float64 would round the catalogue's own values
+            fraction = next(v for v in numbers if isinstance(v, float) and not v.is_integer())
+            raise ValueError(f"items.{name}: the catalogue's {name} holds integers past 2**53, which a fraction "
+                             f"would round (the column would become float); got [{fraction}].")
         new = np.array([np.nan if v is None else v for v in numbers], dtype=np.float64)
-        return np.concatenate([old.astype(np.float64), new])
+        return np.concatenate([floats, new])
     ints = [None if v is None else int(v) for v in numbers]
     if isinstance(existing, pa.Array):
         old = existing
