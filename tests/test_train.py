@@ -169,10 +169,11 @@ def test_a_checkpoint_from_elsewhere_starts_a_new_run_folder(tmp_path):
     runs = tmp_path / "checkpoints"
     assert _checkpoint_run(str(runs / "train-1" / "last.ckpt"), str(runs), "new") == "train-1"
     assert _checkpoint_run(str(tmp_path / "downloads" / "model.ckpt"), str(runs), "new") == "new"
-    assert _checkpoint_run("last", str(runs), "new") == "new"
-    assert _checkpoint_run(None, str(runs), "new") == "new"
+    # Each new run claims its own folder: runs started in the same second (or a multirun's jobs) shared one.
+    assert _checkpoint_run("last", str(runs), "new") == "new-1"
+    assert _checkpoint_run(None, str(runs), "new") == "new-2"
+    assert sorted(p.name for p in runs.iterdir()) == ["new", "new-1", "new-2"]
     (tmp_path / "other-disk").mkdir()
-    runs.mkdir()
     (runs / "train-2").symlink_to(tmp_path / "other-disk")  # a run folder linked elsewhere is still that run
     assert _checkpoint_run(str(runs / "train-2" / "last.ckpt"), str(runs), "new") == "train-2"
 
@@ -187,6 +188,12 @@ def test_run_settings_checks_know_the_models_default_cut_offs(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.max_epochs=0"], r"trainer\.max_epochs=0: train at least one epoch"),
     (["monitor=val/nonexistent"], r"monitor=val/nonexistent: the model logs \['val/ndcg@10', 'val/recall@10'\]"),
+    # Each of these failed after an epoch or after the whole run, with a traceback:
+    (["monitor=null"], r"monitor=None: the model logs"),
+    (["model.eval_ks=[]"], r"model\.eval_ks=\[\]: expected a non-empty list of cut-offs >= 1"),
+    (["eval.ks=[0]"], r"eval\.ks=\[0\]: expected a non-empty list of cut-offs >= 1"),
+    (["model.lr_schedule=one_cycle", "trainer.max_epochs=-1"], r"model\.lr_schedule=one_cycle with "
+     r"trainer\.max_epochs=-1: the schedule spans a fixed number of epochs"),
 ])
 def test_run_settings_that_would_fail_late_are_refused_first(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

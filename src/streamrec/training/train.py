@@ -7,6 +7,7 @@ A plain function so tests and notebooks call it directly; ``scripts/train.py`` i
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -41,11 +42,27 @@ def _checkpoint_run(ckpt_path: str | None, checkpoint_dir: str, new_name: str) -
     that folder's checkpoint state) still competes with the epochs that follow. A
     checkpoint from elsewhere (or Lightning's ``last`` / ``best``) starts a new folder.
     """
-    if not ckpt_path:
-        return new_name
-    # Lexical paths, not resolved ones: a run folder may be a link to another disk.
-    run = Path(os.path.abspath(Path(ckpt_path).expanduser())).parent
-    return run.name if run.parent == Path(os.path.abspath(Path(checkpoint_dir).expanduser())) else new_name
+    if ckpt_path:
+        # Lexical paths, not resolved ones: a run folder may be a link to another disk.
+        run = Path(os.path.abspath(Path(ckpt_path).expanduser())).parent
+        if run.parent == Path(os.path.abspath(Path(checkpoint_dir).expanduser())):
+            return run.name
+    return _claimed(Path(checkpoint_dir).expanduser(), new_name)
+
+
+def _claimed(checkpoint_dir: Path, name: str) -> str:
+    """``name``, or ``name-1``, ``name-2`` ...: the first run folder this process creates
+    (runs started in the same second, or the jobs of a Hydra multirun, which share one
+    ``${now:}``, wrote into one folder and crashed)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        candidate = name if n == 0 else f"{name}-{n}"
+        try:
+            (checkpoint_dir / candidate).mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
 
 
 OmegaConf.register_new_resolver("checkpoint_run", _checkpoint_run, use_cache=True, replace=True)
@@ -157,11 +174,18 @@ def _check_run_settings(cfg: DictConfig) -> None:
     if epochs is not None and (epochs == 0 or epochs < -1):
         raise ValueError(f"trainer.max_epochs={epochs}: train at least one epoch (-1: until early stopping); "
                          "the checkpoint build_index.py exports comes from an epoch.")
-    ks = cfg.model.get("eval_ks") or inspect.signature(TwoTowerModule).parameters["eval_ks"].default
+    ks = cfg.model.get("eval_ks")
+    ks = inspect.signature(TwoTowerModule).parameters["eval_ks"].default if ks is None else list(ks)
+    for name, cut_offs in (("model.eval_ks", ks), ("eval.ks", list(cfg.eval.ks))):
+        if not cut_offs or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cut_offs):
+            raise ValueError(f"{name}={cut_offs}: expected a non-empty list of cut-offs >= 1, e.g. [10, 20].")
     logged = [f"val/{metric}@{k}" for metric in ("ndcg", "recall") for k in ks]
-    if cfg.get("monitor") is not None and cfg.monitor not in logged:
-        raise ValueError(f"monitor={cfg.monitor}: the model logs {logged}; choose one of them, or add its K "
-                         "to model.eval_ks.")
+    if cfg.get("monitor") not in logged:  # early stopping and the best checkpoint follow it
+        raise ValueError(f"monitor={cfg.get('monitor')}: the model logs {logged}; choose one of them, or add its "
+                         "K to model.eval_ks.")
+    if cfg.model.get("lr_schedule") == "one_cycle" and (epochs is None or epochs == -1):
+        raise ValueError(f"model.lr_schedule=one_cycle with trainer.max_epochs={epochs}: the schedule spans a fixed "
+                         "number of epochs; set trainer.max_epochs (e.g. 20), or use model.lr_schedule=constant.")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
