@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from streamrec.cli import build_dataset, markdown_table
 from streamrec.evaluation import intra_list_diversity, ndcg_at_k, recall_at_k
-from streamrec.inference import Recommender
+from streamrec.inference import ArtifactError, Recommender
 from streamrec.training import TwoTowerModule
 from streamrec.training.export import resolve_checkpoint
 
@@ -36,8 +36,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
 
-    checkpoint = resolve_checkpoint(args.checkpoint, "checkpoints")
-    recommender = Recommender.load(args.artifact)
+    try:  # this script's own errors as one line, as the Hydra scripts print them
+        checkpoint = resolve_checkpoint(args.checkpoint, "checkpoints")
+        recommender = Recommender.load(args.artifact)
+    except (FileNotFoundError, ArtifactError) as error:
+        raise SystemExit(f"{str(error).replace('checkpoint=', '--checkpoint ')}") from None
     if args.k < 2 or args.k > recommender.n_items:
         raise SystemExit(f"--k {args.k}: intra-list diversity needs lists of 2 to {recommender.n_items} titles "
                          "(the catalogue's size).")

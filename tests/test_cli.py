@@ -50,6 +50,13 @@ def test_a_bad_setting_stops_train_py_with_its_message_and_no_traceback(tmp_path
     assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR=1" in done.stderr
 
 
+def test_evaluate_diversity_without_a_run_says_what_to_do_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_diversity.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "run `python scripts/train.py` first, or pass --checkpoint path/to/model.ckpt" in done.stderr
+
+
 def test_markdown_tables_leave_missing_values_blank():
     table = markdown_table(pd.DataFrame({"recall": [0.25, float("nan")], "model": ["EASE", "new"]}), ".2f")
     assert table.splitlines()[2:] == ["| 0 | 0.25 | EASE |", "| 1 |  | new |"]
