@@ -39,6 +39,17 @@ def test_errors_streamrec_raises_become_usage_errors_and_others_pass_through(tmp
     with pytest.raises(UsageError, match=r"^FileExistsError: .*notes exists and is not a streamrec artifact"):
         with usage_errors():
             write_artifact(tmp_path / "notes", lambda directory: {}, overwrite=True)
+    # Refused by a streamrec class while Hydra builds it: Hydra's multi-line wrapper named only "model".
+    from hydra.utils import instantiate
+    with pytest.raises(UsageError, match=r"^ValueError: n_items=5, dim=8, max_history=0: each must be >= 1 .*"
+                                         r"\(building model\)$"):
+        with usage_errors():
+            instantiate({"model": {"_target_": "streamrec.models.two_tower.TwoTowerConfig", "n_items": 5, "dim": 8,
+                                   "max_history": 0}}).model
+    with pytest.raises(Exception) as caught:  # a library's error inside instantiate keeps its form
+        with usage_errors():
+            instantiate({"_target_": "numpy.zeros", "shape": -1})
+    assert not isinstance(caught.value, UsageError)
 
 
 def test_a_bad_setting_stops_train_py_with_its_message_and_no_traceback(tmp_path):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dis
 import logging
 import math
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
 import pandas as pd
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -45,6 +46,13 @@ def usage_errors() -> Iterator[None]:
         if not _raised_on_purpose(error):
             raise
         raise UsageError(f"{type(error).__name__}: {error}") from error  # Hydra adds the hint
+    except InstantiationException as error:  # a streamrec class refused its settings while Hydra built it
+        cause = error.__cause__
+        if not isinstance(cause, (ValueError, ArtifactError, OSError)) or not _raised_on_purpose(cause):
+            raise
+        key = re.search(r"full_key: (\S+)", str(error))
+        where = f" (building {key.group(1)})" if key else ""
+        raise UsageError(f"{type(cause).__name__}: {cause}{where}") from error
 
 
 def _raised_on_purpose(error: BaseException) -> bool:

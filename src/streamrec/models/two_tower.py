@@ -54,7 +54,8 @@ class TwoTowerConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}: choose one of {POOLINGS}.")
         if self.n_items < 1 or self.dim < 1 or self.max_history < 1:
-            raise ValueError("n_items, dim and max_history must be >= 1.")
+            raise ValueError(f"n_items={self.n_items}, dim={self.dim}, max_history={self.max_history}: each must be "
+                             ">= 1 (in train.py: the catalogue, model.model_config.dim, datamodule.max_history).")
 
 
 BAG_BACKWARD_POSITIONS = 8192  # history/text positions per slice of the bag backward
