@@ -37,10 +37,10 @@ def main() -> None:
     args = parser.parse_args()
 
     try:  # this script's own errors as one line, as the Hydra scripts print them
-        checkpoint = resolve_checkpoint(args.checkpoint, "checkpoints")
+        checkpoint = resolve_checkpoint(args.checkpoint, "checkpoints", option="--checkpoint ")
         recommender = Recommender.load(args.artifact)
     except (FileNotFoundError, ArtifactError) as error:
-        raise SystemExit(f"{str(error).replace('checkpoint=', '--checkpoint ')}") from None
+        raise SystemExit(str(error)) from None
     if args.k < 2 or args.k > recommender.n_items:
         raise SystemExit(f"--k {args.k}: intra-list diversity needs lists of 2 to {recommender.n_items} titles "
                          "(the catalogue's size).")

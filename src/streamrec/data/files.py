@@ -81,7 +81,7 @@ def _rename(frame: pd.DataFrame, columns: Mapping[str, str] | None, path: Path) 
             f"{list(frame.columns)}. Fix the column mapping (canonical name: your column)."
         )
     frame = frame.rename(columns={src: canon for canon, src in columns.items()})
-    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    repeated = sorted(set(frame.columns[frame.columns.duplicated()]))
     if repeated:
         raise DataError(f"{path}: after the column mapping {columns}, more than one column is called {repeated} "
                         "(the file has its own column of that name too). Map or rename one of them.")

@@ -493,10 +493,11 @@ class Recommender:
         if not ids:
             return []
         table = self._catalogue.table
-        listed = [c for c in frame.columns if c != "item_id" and frame[c].map(_listed).any()]
+        shapes = {c: frame[c].map(_listed).to_numpy(dtype=bool) for c in frame.columns if c != "item_id"}
+        listed = [c for c, cells in shapes.items() if cells.any()]
         for column in listed:
             if column in table.scalars and column != "genres":
-                i = int(np.flatnonzero(frame[column].map(_listed).to_numpy())[0])
+                i = int(np.flatnonzero(shapes[column])[0])
                 raise ValueError(f"items.{column}[{i}]: the catalogue's {column} holds one value per title, got "
                                  f"{_described(frame[column][i])}.")
         for column in dict.fromkeys(("genres", *table.lists, *listed)):  # a list (or missing) per title
@@ -505,7 +506,7 @@ class Recommender:
                 for i, value in enumerate(values):
                     if isinstance(value, (set, frozenset)):
                         values[i] = sorted(value, key=str)
-                    elif not isinstance(value, (list, tuple, np.ndarray)) and not _missing(value):
+                    elif not _listed(value) and not _missing(value):
                         hint = f" (e.g. [{value!r}])" if isinstance(value, str) else ""
                         raise ValueError(f"items.{column}[{i}]: expected a list of values{hint}, "
                                          f"got {_described(value)}.")

@@ -20,13 +20,22 @@ from streamrec.training.module import TwoTowerModule
 log = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str | Path) -> Path:
-    """``checkpoint`` if given, else the best checkpoint of the last ``train.py`` run."""
+def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str | Path, option: str = "checkpoint=") -> Path:
+    """``checkpoint`` if given, else the best checkpoint of the last ``train.py`` run.
+    ``option`` is how the calling script takes a checkpoint, for the messages."""
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint={checkpoint}: no such file.")
+            raise FileNotFoundError(f"{option}{checkpoint}: no such file.")
         return path
+    record = Path(checkpoint_dir) / "last_run.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} not found: run `python scripts/train.py` first, or pass "
+                                f"{option}path/to/model.ckpt.")
+    path = Path(json.loads(record.read_text())["best_checkpoint"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{record} names {path}, which no longer exists; pass {option}... .")
+    return path
     record = Path(checkpoint_dir) / "last_run.json"
     if not record.is_file():
         raise FileNotFoundError(f"{record} not found: run `python scripts/train.py` first, or pass "
