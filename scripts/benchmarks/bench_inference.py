@@ -210,18 +210,18 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
     raw = [item_ids[h].tolist() for h in test]
     for h in raw[:50]:  # warm-up
         recommender.recommend(h, k=10)
-    tower_in = {key: value.numpy() for key, value in tower_inputs(test).items()}
-    vectors = recommender._encode(**tower_in)
+    codes = [h + 1 for h in test]  # the served tower's input: each member's history codes (row + 1)
+    vectors = np.concatenate([recommender._encode(c) for c in codes])
     index = recommender._catalogue.index
     faiss.omp_set_num_threads(1)
-    singles = [{key: value[i:i + 1] for key, value in tower_in.items()} for i in range(members)]
-    tensors = [{key: torch.from_numpy(value) for key, value in one.items()} for one in singles]
+    batch = tower_inputs(test)
+    tensors = [{key: value[i:i + 1] for key, value in batch.items()} for i in range(members)]
     catalogue_vectors = recommender._catalogue.vectors
     similar_rows = [int(t[0]) for t in test]  # one watched title per member, as "because you watched"
     similar_ids = item_ids[similar_rows].tolist()
 
     def tower_then_faiss(i):
-        index.search(recommender._encode(**singles[i]), 10 + len(raw[i]))
+        index.search(recommender._encode(codes[i]), 10 + len(raw[i]))
 
     def torch_tower(i):
         with torch.inference_mode():
@@ -234,7 +234,7 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
 
     stages = {
         "torch tower": torch_tower,
-        "tower": lambda i: recommender._encode(**singles[i]),
+        "tower": lambda i: recommender._encode(codes[i]),
         "faiss": lambda i: index.search(vectors[i:i + 1], 10 + len(raw[i])),
         "tower then faiss": tower_then_faiss,
         "recommend": lambda i: recommender.recommend(raw[i], k=10),
@@ -321,7 +321,7 @@ def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) 
                 old_list.item_ids, old_list.scores, old_similar.item_ids, old_similar.scores):
             raise AssertionError(f"member {i}: {rev} and this tree give different lists")
     catalogue = served["this tree"]._catalogue
-    vectors = served["this tree"]._encode(**{key: value.numpy() for key, value in tower_inputs(test).items()})
+    vectors = np.concatenate([served["this tree"]._encode(h + 1) for h in test])
     faiss.omp_set_num_threads(1)
     ways = {"raw FAISS, k + 50": lambda i: catalogue.index.search(vectors[i:i + 1], 10 + len(raw[i])),
             "raw FAISS, k + 1": lambda i: catalogue.index.search(catalogue.vectors[test[i][0]:test[i][0] + 1], 11)}
@@ -343,7 +343,9 @@ def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) 
 
 
 def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 1000)) -> pd.DataFrame:
-    """The query tower alone, numpy vs eager torch, by batch size (best of 3 repeats)."""
+    """The query tower alone by batch size (best of 3 repeats): the numpy tower one member at
+    a time, as ``recommend_batch`` runs it up to NUMPY_TOWER_MAX_BATCH members, against one
+    pass of eager torch."""
     from streamrec.inference.query_encoder import NumpyQueryTower
     from streamrec.models.two_tower import QueryTower
 
@@ -353,22 +355,21 @@ def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 10
     rng = np.random.default_rng(0)
     rows = []
     for b in sizes:
-        arrays = (rng.integers(1, n_items + 1, (b, HISTORY)), np.ones((b, HISTORY), np.float32),
-                  (rng.random((b, HISTORY)) * 100).astype(np.float32))
-        tensors = [torch.from_numpy(a) for a in arrays]
+        history = rng.integers(1, n_items + 1, (b, HISTORY))
+        tensors = [torch.from_numpy(history), torch.ones(b, HISTORY), torch.zeros(b, HISTORY)]
         repeats = max(5, 2000 // b)
         best = {"numpy": np.inf, "torch": np.inf}
         for _ in range(3):
             start = time.perf_counter()
             for _ in range(repeats):
-                encode(*arrays)
+                np.concatenate([encode(h) for h in history])
             best["numpy"] = min(best["numpy"], (time.perf_counter() - start) / repeats)
             start = time.perf_counter()
             with torch.inference_mode():
                 for _ in range(repeats):
                     tower(*tensors)
             best["torch"] = min(best["torch"], (time.perf_counter() - start) / repeats)
-        rows.append({"members": b, "numpy ms": best["numpy"] * 1e3, "torch ms": best["torch"] * 1e3,
+        rows.append({"members": b, "numpy one by one ms": best["numpy"] * 1e3, "torch ms": best["torch"] * 1e3,
                      "torch threads": torch.get_num_threads()})
     return pd.DataFrame(rows).set_index("members")
 

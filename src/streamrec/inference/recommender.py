@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 EXACT_SEARCH_MAX_ROWS = 20_000  # filtered searches over fewer allowed titles scan them exactly
 MMR_POOL = 5  # diversity re-ranks the top MMR_POOL * k candidates (at least 50)
-NUMPY_TOWER_MAX_BATCH = 256  # above this many members torch's threaded kernels are faster
+NUMPY_TOWER_MAX_BATCH = 16  # numpy one member at a time up to here; torch batches above (--towers)
 FILTER_CACHE_SIZE = 64  # distinct filters whose [n_items] masks are kept
 ACTIVE = "_active"  # items.parquet column of a saved catalogue with removed titles
 PAGE_BYTES = 4096  # memory page size, for faulting a mapped index in
@@ -200,8 +200,9 @@ class Recommender:
         self.manifest = manifest
         self.config = TwoTowerConfig(**manifest["model"])
         self.query_tower = query_tower
-        # The tower's arithmetic in numpy for up to NUMPY_TOWER_MAX_BATCH members (~5x
-        # faster than eager torch for one); torch for bigger batches and the transformer.
+        # The tower's arithmetic in numpy, one member at a time, for up to
+        # NUMPY_TOWER_MAX_BATCH members (~15x faster than eager torch for one); torch for
+        # bigger batches and the transformer.
         self._encode = NumpyQueryTower(query_tower) if supports(query_tower) else None
         self.item_tower = item_tower
         self.threads = threads
@@ -380,9 +381,10 @@ class Recommender:
         history length).
 
         Per-member arguments are sequences parallel to ``histories`` (``now`` may also be
-        one value for all). Scores can differ from :meth:`recommend`'s in the last bits of
-        a float32, as BLAS may sum a batch's matrix products in another order than one
-        member's, so titles whose scores tie that closely may swap places.
+        one value for all). Up to NUMPY_TOWER_MAX_BATCH (16) members get :meth:`recommend`'s
+        scores exactly; bigger batches go through the torch tower in one pass, whose sums
+        can differ from one member's in the last bits of a float32, so titles whose scores
+        tie that closely may swap places.
         """
         k = _checked_k(k)
         _check_diversity(diversity)
@@ -706,39 +708,49 @@ class Recommender:
                                  f"got {_described(value)}.")
 
     def _queries(self, requests: list[_Request]) -> np.ndarray:
-        """Query-tower vectors [B, d] float32."""
+        """Query-tower vectors [B, d] float32: numpy one member at a time for up to
+        NUMPY_TOWER_MAX_BATCH members, else torch's batched kernels."""
+        if self._encode is not None and len(requests) <= NUMPY_TOWER_MAX_BATCH:
+            if len(requests) == 1:
+                return self._query(requests[0])
+            return np.concatenate([self._query(r) for r in requests])
         config = self.config
         b, length = len(requests), config.max_history
         history = np.zeros((b, length), dtype=np.int64)
         watch = np.zeros((b, length), dtype=np.float32)
         age = np.zeros((b, length), dtype=np.float32)
-        hour = np.zeros(b, dtype=np.int64) if config.use_hour else None
         for i, r in enumerate(requests):
             codes = r.codes[-length:]
             m = len(codes)
             history[i, length - m:] = codes
             watch[i, length - m:] = r.watch[-length:] if r.watch is not None else 1.0
-            reference = r.now
-            if reference is not None:
-                if r.times is not None and len(r.times):
-                    # Clipped so that far-apart times stay finite in float32 (buckets end at 2^16 days).
-                    seconds = np.clip(reference - r.times[-length:], 0, 1e15)
-                    age[i, length - m:] = seconds / SECONDS_PER_DAY
-                if hour is not None:
-                    hour[i] = int(hour_code(reference))
+            if r.now is not None and r.times is not None:
+                age[i, length - m:] = _age_days(r.now, r.times[-length:])
         batch = {"history": history, "history_watch": watch, "history_age_days": age}
         if config.user_feature_cardinalities:
             batch["user_features"] = np.array([self._user_spec.encode_member(r.features) for r in requests],
-                                                dtype=np.int64)
+                                              dtype=np.int64)
         if config.n_devices:
-            batch["device"] = np.array([self._device_codes.get(str(r.device), 0) if r.device is not None else 0
-                                        for r in requests], dtype=np.int64)
-        if hour is not None:
-            batch["hour"] = hour
-        if self._encode is not None and b <= NUMPY_TOWER_MAX_BATCH:
-            return self._encode(**batch)
+            batch["device"] = np.array([self._device_code(r.device) for r in requests], dtype=np.int64)
+        if config.use_hour:
+            batch["hour"] = np.array([_hour(r.now) for r in requests], dtype=np.int64)
         with torch.inference_mode():
             return self.query_tower(**{key: torch.from_numpy(value) for key, value in batch.items()}).numpy()
+
+    def _query(self, r: _Request) -> np.ndarray:
+        """One member's query vector [1, d] from the numpy tower."""
+        config, length = self.config, self.config.max_history
+        age = _age_days(r.now, r.times[-length:]) if r.now is not None and r.times is not None else None
+        return self._encode(
+            r.codes[-length:], r.watch[-length:] if r.watch is not None else None, age,
+            np.array(self._user_spec.encode_member(r.features), dtype=np.int64)
+            if config.user_feature_cardinalities else None,
+            self._device_code(r.device) if config.n_devices else 0,
+            _hour(r.now) if config.use_hour else 0,
+        )
+
+    def _device_code(self, device: Any) -> int:
+        return self._device_codes.get(str(device), 0) if device is not None else 0
 
     # -- search --------------------------------------------------------------------------
     def _filter_mask(self, catalogue: _Catalogue,
@@ -1040,6 +1052,17 @@ def _kept(values: list[float] | None, kept: np.ndarray | None, dtype) -> np.ndar
         return None
     array = np.asarray(values, dtype=dtype)
     return array if kept is None else array[kept]
+
+
+def _age_days(now: float, times: np.ndarray) -> np.ndarray:
+    """Days from each view in ``times`` (unix seconds) to ``now`` [len(times)] float32,
+    clipped so that far-apart times stay finite in float32 (buckets end at 2^16 days)."""
+    return (np.clip(now - times, 0, 1e15) / SECONDS_PER_DAY).astype(np.float32)
+
+
+def _hour(now: float | None) -> int:
+    """The hour-of-day code of the request's moment (0 = unknown)."""
+    return int(hour_code(now)) if now is not None else 0
 
 
 def _checked_k(k: Any) -> int:
