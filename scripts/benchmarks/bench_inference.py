@@ -302,12 +302,15 @@ def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) 
     """In-process A/B: this tree's ``Recommender`` against the one in ``rev``'s
     ``recommender.py`` (the rest of the package as checked out), loaded side by side on the
     same artifact, with raw FAISS, their calls interleaved in blocks (``timed_blocks``).
-    Both must give the same ids and scores for the first 300 members, or this raises."""
-    source = subprocess.run(["git", "show", f"{rev}:src/streamrec/inference/recommender.py"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
-    old = types.ModuleType("recommender_at_rev")
-    sys.modules[old.__name__] = old  # dataclasses look their module up
-    exec(compile(source, f"{rev}:recommender.py", "exec"), old.__dict__)
+    Its query tower and id lookup (``query_encoder.py``, ``row_lookup.py``) come from ``rev``
+    too. Both must give the same ids, and scores equal to float32 rounding, for the first
+    300 members, or this raises."""
+    old = _module_at(rev, "recommender")
+    for name in ("query_encoder", "row_lookup"):  # the names recommender.py imported from them
+        helper = _module_at(rev, name)
+        for attribute, value in list(old.__dict__.items()):
+            if getattr(value, "__module__", None) == f"streamrec.inference.{name}" and hasattr(helper, attribute):
+                setattr(old, attribute, getattr(helper, attribute))
     path = workdir / f"artifact-{n_items}"
     _, cluster, item_ids, _ = export_synthetic(n_items, path, seed)
     served = {"this tree": Recommender.load(path), rev: old.Recommender.load(path)}
@@ -317,8 +320,9 @@ def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) 
     for i in range(min(members, 300)):
         new_list, old_list = (r.recommend(raw[i], k=10) for r in served.values())
         new_similar, old_similar = (r.similar_items(titles[i], k=10) for r in served.values())
-        if (new_list.item_ids, new_list.scores, new_similar.item_ids, new_similar.scores) != (
-                old_list.item_ids, old_list.scores, old_similar.item_ids, old_similar.scores):
+        if (new_list.item_ids, new_similar.item_ids) != (old_list.item_ids, old_similar.item_ids) or not (
+                np.allclose(new_list.scores, old_list.scores, rtol=1e-5, atol=1e-6)
+                and np.allclose(new_similar.scores, old_similar.scores, rtol=1e-5, atol=1e-6)):
             raise AssertionError(f"member {i}: {rev} and this tree give different lists")
     catalogue = served["this tree"]._catalogue
     vectors = np.concatenate([served["this tree"]._encode(h + 1) for h in test])
@@ -340,6 +344,17 @@ def against(rev: str, n_items: int, members: int, workdir: Path, seed: int = 0) 
             row[f"{rev} over raw FAISS %"] = 100 * (old_us - p50[raw_search]) / p50[raw_search]
         rows.append(row)
     return pd.DataFrame(rows).set_index("call")
+
+
+def _module_at(rev: str, name: str) -> types.ModuleType:
+    """``streamrec/inference/<name>.py`` as it was in ``rev``, as a module of its own (its
+    imports resolve to the package as checked out)."""
+    source = subprocess.run(["git", "show", f"{rev}:src/streamrec/inference/{name}.py"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"{name}_at_rev")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:{name}.py", "exec"), module.__dict__)
+    return module
 
 
 def tower_batches(n_items: int = 100_000, sizes=(1, 8, 32, 64, 128, 256, 512, 1000)) -> pd.DataFrame:

@@ -82,16 +82,17 @@ class RowLookup:
 
         Args:
             plain_ints: ``ids`` is a list of Python ints (the caller checked every type):
-                read straight into int64, without numpy's type discovery (0.8 against
-                1.3 µs for 50 ids). Anything else would be misread (``np.fromiter`` cuts
-                1.5 to 1 and parses "7").
+                converted with the dtype given, without numpy's type discovery (1.7
+                against 2.0 µs for 50 ids, ``np.fromiter`` 2.3, on an AVX2 EPYC).
+                Anything else would be misread (a given int64 dtype cuts 1.5 to 1 and
+                parses "7").
         """
         if self._dict is not None:
             return np.fromiter(map(self._dict.get, ids, [ABSENT] * len(ids)), dtype=np.int64, count=len(ids))
         array = None
         if plain_ints:
             try:
-                array = np.fromiter(ids, dtype=np.int64, count=len(ids))
+                array = np.array(ids, dtype=np.int64)
             except OverflowError:  # past int64: looked up one by one below
                 pass
         if array is None:
