@@ -90,6 +90,12 @@ def test_bad_arguments_raise(data):
         RetrievalDataModule(data, history_mode="bag")
     with pytest.raises(ValueError, match="batch_size"):
         RetrievalDataModule(data, batch_size=1)
+    # A TypeError traceback (comparing 'abc' with 2), or accepted until the DataLoader failed.
+    for bad in ("abc", 2.5, True):
+        with pytest.raises(ValueError, match=rf"^batch_size={bad!r}: expected a whole number >= 2"):
+            RetrievalDataModule(data, batch_size=bad)
+    with pytest.raises(ValueError, match=r"^eval_batch_size=0: expected a whole number >= 1\.$"):
+        RetrievalDataModule(data, eval_batch_size=0)
 
 
 def test_vocabularies_and_item_probability(data):

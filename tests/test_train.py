@@ -325,3 +325,22 @@ def test_build_index_after_training_serves_what_evaluation_ranks(tmp_path, capsy
             member_features=features,
         )
         assert served.item_ids == expected
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"loss": "hinge"}, r"^loss='hinge': choose one of"),
+    ({"lr_schedule": "cosine"}, r"^lr_schedule='cosine': choose one of"),
+    # These two were accepted: -3 negatives drew none, and a dropout of 1.5 dropped every history.
+    ({"num_uniform_negatives": -3}, r"^num_uniform_negatives=-3: expected a whole number >= 0\.$"),
+    ({"num_uniform_negatives": 2.5}, r"^num_uniform_negatives=2\.5: expected a whole number >= 0\.$"),
+    ({"history_dropout": 1.5}, r"^history_dropout=1\.5: expected a probability in \[0, 1\)"),
+    ({"history_dropout": 1}, r"^history_dropout=1: expected a probability in \[0, 1\)"),
+    ({"history_dropout": -0.1}, r"^history_dropout=-0\.1: expected a probability in \[0, 1\)"),
+    ({"history_dropout": "0.1"}, r"^history_dropout='0\.1': expected a probability in \[0, 1\)"),
+])
+def test_the_training_module_refuses_bad_settings_naming_them(arguments, message):
+    from streamrec.training import TwoTowerModule
+
+    with pytest.raises(ValueError, match=message):
+        TwoTowerModule({"n_items": 5, "dim": 8, "hidden": 8}, **arguments)
+    TwoTowerModule({"n_items": 5, "dim": 8, "hidden": 8}, num_uniform_negatives=0, history_dropout=0.0)

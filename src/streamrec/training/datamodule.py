@@ -85,8 +85,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         super().__init__()
         if history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode={history_mode!r}: choose one of {HISTORY_MODES}.")
-        if batch_size < 2:
-            raise ValueError(f"batch_size={batch_size}: in-batch negatives need at least 2.")
+        for name, value, least in (("batch_size", batch_size, 2), ("eval_batch_size", eval_batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}={value!r}: expected a whole number >= {least}"
+                                 f"{' (in-batch negatives need at least 2)' if least == 2 else ''}.")
         self.data = data
         self.batch_size, self.max_history, self.history_mode = batch_size, max_history, history_mode
         self.eval_batch_size = eval_batch_size

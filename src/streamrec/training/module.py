@@ -61,6 +61,13 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}.")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose one of {LR_SCHEDULES}.")
+        if isinstance(num_uniform_negatives, bool) or not isinstance(num_uniform_negatives, int) \
+                or num_uniform_negatives < 0:
+            raise ValueError(f"num_uniform_negatives={num_uniform_negatives!r}: expected a whole number >= 0.")
+        if isinstance(history_dropout, bool) or not isinstance(history_dropout, (int, float)) \
+                or not 0 <= history_dropout < 1:
+            raise ValueError(f"history_dropout={history_dropout!r}: expected a probability in [0, 1) "
+                             "(1 would drop every history).")
         self.save_hyperparameters(ignore=["optimizer", "item_features", "item_probability"])
         self.config = TwoTowerConfig(**model_config)
         self.model = TwoTower(self.config, **(item_features or {}))
