@@ -490,9 +490,9 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"now": True}, "now: expected unix seconds"),
     ({"timestamps": {2e9, 1e9}}, r"timestamps \(history\): expected a sequence of numbers"),  # a set has no order
     # Each of these was taken before: as a number, as unknown, or as true.
-    ({"timestamps": [10**400, 1]}, r"timestamps \(history\): expected numbers within float64's range"),
+    ({"timestamps": [10**400, 1]}, r"timestamps \(history\): expected unix seconds or datetimes within float64's range"),
     ({"now": 10**400}, "now: expected unix seconds"),
-    ({"timestamps": ["1700000000", "1700000060"]}, r"timestamps \(history\): expected numbers"),
+    ({"timestamps": ["1700000000", "1700000060"]}, r"timestamps \(history\): expected unix seconds or datetimes"),
     ({"watch_fractions": [True, False]}, r"watch_fractions \(history\): expected numbers"),
     ({"timestamps": [1.7e12, 1.7e12], "now": 1.7e9}, r"timestamps \(history\): a view at 1700000000000 is more than "
      r"a day after now=1700000000\.0; both are unix seconds \(not milliseconds\)"),
@@ -511,7 +511,7 @@ def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, m
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"timestamps": [["1700000000", "1700000060"]]}, r"timestamps \(histories\[0\]\): expected numbers"),
+    ({"timestamps": [["1700000000", "1700000060"]]}, r"timestamps \(histories\[0\]\): expected unix seconds or datetimes"),
     ({"member_features": [{"plna": "premium"}]}, "member_features: 'plna' is not a feature"),
     ({"devices": [["tv"]]}, "device: expected a value of the training data's device column"),
     ({"exclude_seen": "False"}, "exclude_seen: expected True or False"),
@@ -1519,3 +1519,33 @@ def test_a_transformer_model_is_served_by_the_torch_tower(tmp_path):
                                "history_age_days": torch.zeros(1, 6)}) @ model.all_item_vectors().T)[0]
     scores[history] = float("-inf")
     assert recommender.recommend(history, k=5).item_ids == torch.topk(scores, 5).indices.tolist()
+
+
+def test_datetimes_serve_as_their_unix_seconds(recommender, artifact):
+    """A datetime64[ns] array was read as nanoseconds (ages of ~10^9 days), pandas' and
+    Python's datetimes were refused."""
+    ids = artifact[2]["item_id"].tolist()[:4]
+    seconds = [1.6e9 + 86400 * 30 * j for j in range(4)]  # a month apart: different recency buckets
+    now = seconds[-1] + 3 * 3600.5
+    expected = recommender.recommend(ids, k=8, timestamps=seconds, now=now)
+    stamps = pd.to_datetime(seconds, unit="s")  # naive: read as UTC
+    zoned = pd.Series(stamps.tz_localize("UTC").tz_convert("Europe/Stockholm"))
+    nanoseconds = stamps.values.astype("datetime64[ns]")
+    for timestamps in (nanoseconds, stamps.values.astype("datetime64[s]"), zoned, list(stamps.to_pydatetime()),
+                       list(nanoseconds), stamps):
+        for when in (pd.Timestamp(now, unit="s"), np.datetime64(int(now * 1000), "ms"),
+                     datetime.datetime.fromtimestamp(now, datetime.timezone.utc)):
+            got = recommender.recommend(ids, k=8, timestamps=timestamps, now=when)
+            assert (got.item_ids, got.scores) == (expected.item_ids, expected.scores)
+    latest = recommender.recommend(ids, k=8, timestamps=seconds)  # now: the latest view
+    assert recommender.recommend(ids, k=8, timestamps=stamps.values).scores == latest.scores
+    batch = recommender.recommend_batch([ids, ids[:2]], k=8, timestamps=[stamps.values, stamps.values[:2]],
+                                        now=np.array([int(now * 1e9)] * 2, dtype="datetime64[ns]"))
+    assert batch[0].scores == expected.scores
+    assert batch[1].scores == recommender.recommend(ids[:2], k=8, timestamps=seconds[:2], now=now).scores
+    with pytest.raises(ValueError, match=r"timestamps \(history\)\[1\] is NaT"):
+        recommender.recommend(ids[:2], timestamps=[stamps[0], pd.NaT])
+    with pytest.raises(ValueError, match=r"timestamps \(history\): expected unix seconds or datetimes"):
+        recommender.recommend(ids[:2], timestamps=[stamps[0], seconds[1]])
+    with pytest.raises(ValueError, match=r"watch_fractions \(history\): expected numbers"):
+        recommender.recommend(ids[:2], watch_fractions=stamps.values[:2])

@@ -16,6 +16,7 @@ searches.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import shutil
@@ -329,12 +330,13 @@ class Recommender:
                 ``unknown_ids`` (``strict=True`` raises :class:`UnknownItemsError`).
                 Empty (or all unknown): the most popular titles (``source="popularity"``).
             k: number of titles (>= 1).
-            timestamps: unix seconds of each view (same length as ``history``).
+            timestamps: unix seconds of each view (same length as ``history``), or
+                datetimes (numpy's datetime64, pandas' or Python's; naive ones are UTC).
             watch_fractions: share of each title watched, in [0, 1] (default 1).
-            now: unix seconds of the request, the reference for recency and hour of day
-                (default: the latest of ``timestamps`` of ids in the catalogue, the
-                reference the model was evaluated with in ``set`` history mode; pass the
-                real time for ``sequential`` models and live traffic).
+            now: unix seconds (or a datetime) of the request, the reference for recency
+                and hour of day (default: the latest of ``timestamps`` of ids in the
+                catalogue, the reference the model was evaluated with in ``set`` history
+                mode; pass the real time for ``sequential`` models and live traffic).
             member_features: member attributes the model was trained with (e.g.
                 ``{"age": 31, "country": "SE"}``); absent ones count as unknown, others
                 raise ``ValueError``.
@@ -392,8 +394,8 @@ class Recommender:
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
         b = len(histories)
-        if isinstance(now, (np.ndarray, pd.Series)):
-            now = now.tolist()
+        if isinstance(now, (np.ndarray, pd.Series)):  # datetime64's .tolist() gives nanoseconds as ints
+            now = _seconds(now, "now", "") if now.dtype.kind == "M" else now.tolist()
         per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
                       "devices": devices, "now": now if isinstance(now, Sequence) else None}
         for name, values in per_member.items():
@@ -626,12 +628,14 @@ class Recommender:
                                           or getattr(history, "ndim", 1) != 1):
             raise ValueError(f"{name}: expected a sequence of item ids, got {_described(history)}.")
         n = len(history)
-        times = _numbers(timestamps, n, "timestamps", name) if timestamps is not None else None
+        times = _numbers(timestamps, n, "timestamps", name, dates=True) if timestamps is not None else None
         watch = _numbers(watch_fractions, n, "watch_fractions", name) if watch_fractions is not None else None
         if watch is not None and any(w < 0 or w > 1 for w in watch):
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
+        if isinstance(now, _DATETIMES):
+            now = _seconds([now], "now", "")[0]
         if now is not None and not _finite_number(now):
-            raise ValueError(f"now: expected unix seconds, got {now!r}.")
+            raise ValueError(f"now: expected unix seconds or a datetime, got {now!r}.")
         if now is not None and times and max(times) > now + SECONDS_PER_DAY:  # clock skew aside
             raise ValueError(f"timestamps ({name}): a view at {max(times):.0f} is more than a day after now={now!r}; "
                              "both are unix seconds (not milliseconds).")
@@ -1083,23 +1087,49 @@ def _check_diversity(diversity: Any) -> None:
         raise ValueError(f"diversity: expected a number in [0, 1], got {diversity!r}.")
 
 
-def _numbers(values: Sequence[float], n: int, what: str, name: str) -> list[float]:
+def _numbers(values: Sequence[float], n: int, what: str, name: str, dates: bool = False) -> list[float]:
+    """``n`` finite floats from ``values``; with ``dates``, datetimes are read as unix
+    seconds (numpy's datetime64, pandas' or Python's datetimes; naive ones as UTC)."""
     if not _ordered(values) or getattr(values, "ndim", 1) != 1:
         raise ValueError(f"{what} ({name}): expected a sequence of numbers (one per history item), "
                          f"got {_described(values)}.")
     if len(values) != n:
         raise ValueError(f"{what} ({name}): {len(values)} values for {n} history items; give one per item.")
+    if getattr(getattr(values, "dtype", None), "kind", None) == "M":  # .tolist() of datetime64[ns] gives ns ints
+        if not dates:
+            raise ValueError(f"{what} ({name}): expected numbers, got datetimes.")
+        return _seconds(values, what, name)
     given = values.tolist() if isinstance(values, (np.ndarray, pd.Series)) else list(values)
     try:
-        if any(isinstance(v, (str, bytes, bool, np.bool_)) for v in given):  # float() would read '1700000000'
+        # float() would read '1700000000', and a datetime64[ns] as nanoseconds
+        if any(isinstance(v, (str, bytes, bool, np.bool_, *_DATETIMES)) for v in given):
             raise TypeError
         numbers = [float(v) for v in given]
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float64's range
-        raise ValueError(f"{what} ({name}): expected numbers within float64's range, got {given[:5]}.") from None
+        if dates and given and all(isinstance(v, _DATETIMES) for v in given):
+            return _seconds(given, what, name)
+        raise ValueError(f"{what} ({name}): expected {'unix seconds or datetimes' if dates else 'numbers'} "
+                         f"within float64's range, got {given[:5]}.") from None
     for position, v in enumerate(numbers):
         if not math.isfinite(v):
             raise ValueError(f"{what} ({name})[{position}] is {v}; give finite numbers.")
     return numbers
+
+
+_DATETIMES = (datetime.datetime, np.datetime64)  # pandas' Timestamp and NaT are datetimes
+
+
+def _seconds(values: Any, what: str, name: str) -> list[float]:
+    """Unix seconds of datetimes (naive ones read as UTC)."""
+    where = f"{what} ({name})" if name else what
+    try:
+        stamps = pd.to_datetime(pd.Index(values, dtype=object) if isinstance(values, list) else values, utc=True)
+    except (TypeError, ValueError, OverflowError) as error:  # e.g. naive and zoned datetimes mixed
+        raise ValueError(f"{where}: could not read the datetimes ({error}).") from None
+    missing = np.flatnonzero(pd.isna(stamps))
+    if len(missing):
+        raise ValueError(f"{where}[{missing[0]}] is NaT: give every entry a time.")
+    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).tolist()
 
 
 def _check_flags(**flags: Any) -> None:
