@@ -1549,3 +1549,21 @@ def test_datetimes_serve_as_their_unix_seconds(recommender, artifact):
         recommender.recommend(ids[:2], timestamps=[stamps[0], seconds[1]])
     with pytest.raises(ValueError, match=r"watch_fractions \(history\): expected numbers"):
         recommender.recommend(ids[:2], watch_fractions=stamps.values[:2])
+
+
+def test_datetimes_past_2262_and_now_in_any_array_shape(recommender, artifact):
+    """Past 2262 (nanoseconds' end) pandas' OutOfBoundsDatetime escaped; a 0-d or 2-d
+    datetime64 `now`, or a DatetimeIndex, failed with an AttributeError / TypeError or was refused."""
+    ids = artifact[2]["item_id"].tolist()[:3]
+    far = 16725225600.0  # 2500-01-01
+    seconds = [far, far + 60, far + 120]
+    expected = recommender.recommend(ids, k=5, timestamps=seconds, now=far + 3600)
+    got = recommender.recommend(ids, k=5, timestamps=[datetime.datetime(2500, 1, 1, 0, m) for m in (0, 1, 2)],
+                                now=np.datetime64("2500-01-01T01:00", "s"))
+    assert got.scores == expected.scores
+    when = np.datetime64("2500-01-01T01:00", "s")
+    for now in (np.array(when), pd.DatetimeIndex([when, when]), np.array([when, when])):
+        batch = recommender.recommend_batch([ids, ids], k=5, timestamps=[seconds, seconds], now=now)
+        assert [b.scores for b in batch] == [expected.scores] * 2
+    with pytest.raises(ValueError, match=r"^now: expected one value, or one per history"):
+        recommender.recommend_batch([ids, ids], k=5, now=np.array([[when, when]]))

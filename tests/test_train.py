@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -344,3 +345,7 @@ def test_the_training_module_refuses_bad_settings_naming_them(arguments, message
     with pytest.raises(ValueError, match=message):
         TwoTowerModule({"n_items": 5, "dim": 8, "hidden": 8}, **arguments)
     TwoTowerModule({"n_items": 5, "dim": 8, "hidden": 8}, num_uniform_negatives=0, history_dropout=0.0)
+    module = TwoTowerModule({"n_items": 5, "dim": 8, "hidden": 8}, num_uniform_negatives=np.int64(5),
+                            history_dropout=np.float32(0.25))  # numpy's numbers, as a sweep may pass them
+    assert (module.hparams.num_uniform_negatives, module.hparams.history_dropout) == (5, 0.25)
+    assert type(module.hparams.num_uniform_negatives) is int and type(module.hparams.history_dropout) is float

@@ -394,8 +394,13 @@ class Recommender:
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise ValueError("histories: expected a list of histories (one list of item ids per member).")
         b = len(histories)
-        if isinstance(now, (np.ndarray, pd.Series)):  # datetime64's .tolist() gives nanoseconds as ints
-            now = _seconds(now, "now", "") if now.dtype.kind == "M" else now.tolist()
+        if isinstance(now, (np.ndarray, pd.Series, pd.Index)):
+            if now.ndim == 0:  # one value for all
+                now = now[()]
+            elif now.ndim > 1:
+                raise ValueError(f"now: expected one value, or one per history, got {_described(now)}.")
+            else:  # datetime64's .tolist() gives nanoseconds as ints
+                now = _seconds(now, "now", "") if now.dtype.kind == "M" else now.tolist()
         per_member = {"timestamps": timestamps, "watch_fractions": watch_fractions, "member_features": member_features,
                       "devices": devices, "now": now if isinstance(now, Sequence) else None}
         for name, values in per_member.items():
@@ -1129,7 +1134,13 @@ def _seconds(values: Any, what: str, name: str) -> list[float]:
     missing = np.flatnonzero(pd.isna(stamps))
     if len(missing):
         raise ValueError(f"{where}[{missing[0]}] is NaT: give every entry a time.")
-    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).tolist()
+    # In microseconds: pandas keeps a datetime's own unit, and the difference of one past
+    # 2262 from the epoch does not fit in nanoseconds.
+    try:
+        micros = np.asarray(pd.DatetimeIndex(stamps).tz_convert(None).as_unit("us").asi8, dtype=np.float64)
+    except (ValueError, OverflowError) as error:  # pandas' OutOfBoundsDatetime is a ValueError
+        raise ValueError(f"{where}: could not read the datetimes ({error}).") from None
+    return (micros / 1e6).tolist()
 
 
 def _check_flags(**flags: Any) -> None:

@@ -6,6 +6,7 @@ at the end of each validation epoch (members' seen titles masked).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -61,13 +62,15 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}.")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose one of {LR_SCHEDULES}.")
-        if isinstance(num_uniform_negatives, bool) or not isinstance(num_uniform_negatives, int) \
+        if isinstance(num_uniform_negatives, bool) or not isinstance(num_uniform_negatives, numbers.Integral) \
                 or num_uniform_negatives < 0:
             raise ValueError(f"num_uniform_negatives={num_uniform_negatives!r}: expected a whole number >= 0.")
-        if isinstance(history_dropout, bool) or not isinstance(history_dropout, (int, float)) \
+        if isinstance(history_dropout, bool) or not isinstance(history_dropout, numbers.Real) \
                 or not 0 <= history_dropout < 1:
             raise ValueError(f"history_dropout={history_dropout!r}: expected a probability in [0, 1) "
                              "(1 would drop every history).")
+        # Plain Python numbers in the saved hyperparameters (a sweep may pass numpy's).
+        num_uniform_negatives, history_dropout = int(num_uniform_negatives), float(history_dropout)
         self.save_hyperparameters(ignore=["optimizer", "item_features", "item_probability"])
         self.config = TwoTowerConfig(**model_config)
         self.model = TwoTower(self.config, **(item_features or {}))
