@@ -1129,7 +1129,7 @@ def _seconds(values: Any, what: str, name: str) -> list[float]:
     where = f"{what} ({name})" if name else what
     try:
         stamps = pd.to_datetime(pd.Index(values, dtype=object) if isinstance(values, list) else values, utc=True)
-    except (TypeError, ValueError, OverflowError) as error:  # e.g. naive and zoned datetimes mixed
+    except (TypeError, ValueError, OverflowError) as error:  # values pandas cannot read as times
         raise ValueError(f"{where}: could not read the datetimes ({error}).") from None
     missing = np.flatnonzero(pd.isna(stamps))
     if len(missing):
