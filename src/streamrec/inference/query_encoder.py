@@ -55,13 +55,14 @@ class NumpyQueryTower:
         self.user_features = [state[f"user_features.{j}.weight"] for j in range(len(config.user_feature_cardinalities))]
         self.device = state["device_embedding.weight"] if config.n_devices else None
         self.hour = state["hour_embedding.weight"] if config.use_hour else None
-        # What every title of a history gains when no view times or watch fractions are
+        # What every title of a history gains when no watch fractions or view times are
         # given: watch fraction 1 through Linear(1, d), and the recency row of age 0.
+        self.fully_watched = self.watch_weight + self.watch_bias if config.use_watch_fraction else None
+        self.viewed_now = self.recency[_bucket(np.zeros(1, dtype=np.float32))[0]] if config.use_recency else None
         self.default_terms = np.zeros(d, dtype=np.float32)
-        if self.watch_weight is not None:
-            self.default_terms += self.watch_weight + self.watch_bias
-        if self.recency is not None:
-            self.default_terms += self.recency[_bucket(np.zeros(1, dtype=np.float32))[0]]
+        for term in (self.fully_watched, self.viewed_now):
+            if term is not None:
+                self.default_terms += term
         # Mean pooling of m titles is one matrix product with weights 1/m, as in torch.
         self.mean_weights = [np.full(m, 1 / max(m, 1), dtype=np.float32) for m in range(config.max_history + 1)]
         # mlp = Linear(2d, hidden) -> GELU -> Dropout -> Linear(hidden, d); the first layer's
@@ -105,10 +106,10 @@ class NumpyQueryTower:
         if watch is not None or age_days is not None or self.attention_query is not None:
             if self.watch_weight is not None:
                 rows = rows + (np.outer(watch, self.watch_weight) + self.watch_bias if watch is not None
-                               else self.watch_weight + self.watch_bias)
+                               else self.fully_watched)
             if self.recency is not None:
-                rows = rows + self.recency.take(_bucket(age_days) if age_days is not None
-                                                else np.ones(m, dtype=np.int64), axis=0)
+                rows = rows + (self.recency.take(_bucket(age_days), axis=0) if age_days is not None
+                               else self.viewed_now)
             pooled = self._attention_pool(rows) if self.attention_query is not None \
                 else self.mean_weights[m] @ rows
         else:  # the usual request: the mean of the titles plus the terms every title gains

@@ -1106,8 +1106,7 @@ def _numbers(values: Sequence[float], n: int, what: str, name: str, dates: bool 
         return _seconds(values, what, name)
     given = values.tolist() if isinstance(values, (np.ndarray, pd.Series)) else list(values)
     try:
-        # float() would read '1700000000', and a datetime64[ns] as nanoseconds
-        if any(isinstance(v, (str, bytes, bool, np.bool_, *_DATETIMES)) for v in given):
+        if any(isinstance(v, _NOT_NUMBERS) for v in given):
             raise TypeError
         numbers = [float(v) for v in given]
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float64's range
@@ -1122,6 +1121,8 @@ def _numbers(values: Sequence[float], n: int, what: str, name: str, dates: bool 
 
 
 _DATETIMES = (datetime.datetime, np.datetime64)  # pandas' Timestamp and NaT are datetimes
+# Values float() would misread: '1700000000' as a number, a datetime64[ns] as nanoseconds.
+_NOT_NUMBERS = (str, bytes, bool, np.bool_, *_DATETIMES)
 
 
 def _seconds(values: Any, what: str, name: str) -> list[float]:
