@@ -98,6 +98,14 @@ def test_bad_arguments_raise(data):
         RetrievalDataModule(data, eval_batch_size=0)
 
 
+def test_numpy_integer_batch_sizes_are_accepted(data):
+    # A sweep may pass numpy integers; torch's BatchSampler refuses them, so they are stored as ints.
+    dm = RetrievalDataModule(data, batch_size=np.int64(4), eval_batch_size=np.int32(3))
+    assert type(dm.batch_size) is int and type(dm.eval_batch_size) is int
+    assert next(iter(dm.train_dataloader()))["target"].shape == (4,)
+    assert len(next(iter(dm.val_dataloader()))["user"]) == 3
+
+
 def test_vocabularies_and_item_probability(data):
     dm = module(data, "sequential")
     assert dm.device_vocab == ["phone", "tv"] and dm.n_devices == 2

@@ -13,6 +13,7 @@ LightningModule needs nothing but the batch.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +87,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         if history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode={history_mode!r}: choose one of {HISTORY_MODES}.")
         for name, value, least in (("batch_size", batch_size, 2), ("eval_batch_size", eval_batch_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"{name}={value!r}: expected a whole number >= {least}"
                                  f"{' (in-batch negatives need at least 2)' if least == 2 else ''}.")
+        # Plain ints: torch's BatchSampler refuses numpy integers (a sweep may pass them).
+        batch_size, eval_batch_size = int(batch_size), int(eval_batch_size)
         self.data = data
         self.batch_size, self.max_history, self.history_mode = batch_size, max_history, history_mode
         self.eval_batch_size = eval_batch_size
