@@ -35,6 +35,13 @@ Columns:
 - python floor: a function that only looks up the 50 history ids (one numpy gather, as the
   recommender does) and returns 10 (row, score) pairs: the least any Python call serving a
   history does besides the tower and FAISS.
+- bare call: the least whole serving call for these requests, run in the same way as
+  recommend: the recommender's id lookup and numpy tower, one FAISS search into reused
+  outputs, the 50 watched titles excluded by flags, 10 raw ids and scores as lists; no
+  argument checks, repeated or unknown ids, filters or result objects. Its overhead (all
+  but tower and faiss) is about the least a correct Python call can read on that reading
+  (FAISS and the tower costing each other cache included); recommend over bare call is
+  what the module's checks and features add.
 
 Each stage is timed over all members 3 times (p50 of all calls), the stages interleaved in
 blocks of 50 members (see ``timed_blocks``): every stage is sampled evenly over the whole
@@ -227,6 +234,24 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         with torch.inference_mode():
             recommender.query_tower(**tensors[i])
 
+    lookup, unseen = recommender._catalogue.history_rows, np.ones(n_items + 1, dtype=bool)
+    bare_scores, bare_labels = np.empty(10 + HISTORY, dtype=np.float32), np.empty(10 + HISTORY, dtype=np.int64)
+    bare_pointers = faiss.swig_ptr(bare_scores), faiss.swig_ptr(bare_labels)
+
+    def bare_call(i):
+        """The least whole call for this request: the bench's histories are 50 known plain
+        ints, so nothing is checked or handled, and the answer is two lists."""
+        history = raw[i]
+        if set(map(type, history)) - {int}:
+            raise TypeError("bare_call serves lists of ints")
+        rows = lookup.rows(history, True)
+        query = recommender._encode(rows + 1)
+        index.search_c(1, faiss.swig_ptr(query), 10 + HISTORY, *bare_pointers, None)
+        unseen[rows] = False
+        picked = unseen[bare_labels].nonzero()[0][:10]
+        unseen[rows] = True
+        return item_ids[bare_labels[picked]].tolist(), bare_scores[picked].tolist()
+
     def search_stage(i):
         catalogue = recommender._catalogue
         rows, scores = recommender._search_one(catalogue, vectors[i:i + 1], 10, test[i], None, 0.0)
@@ -242,7 +267,13 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
         "similar_items": lambda i: recommender.similar_items(similar_ids[i], k=10),
         "faiss (similar)": lambda i: index.search(catalogue_vectors[similar_rows[i]:similar_rows[i] + 1], 11),
         "python floor": lambda i: _python_floor(raw[i], recommender._catalogue.history_rows),
+        "bare call": bare_call,
     }
+    for i in range(100):  # the bare call answers what recommend() does
+        ids, scores = bare_call(i)
+        served = recommender.recommend(raw[i], k=10)
+        if ids != served.item_ids or not np.allclose(scores, served.scores, rtol=1e-6):
+            raise AssertionError(f"bare_call and recommend differ for member {i}")
     times = timed_blocks(stages, list(range(members)))
     found = [np.array(recommender.recommend(h, k=10).item_ids) - 1 for h in raw]
     hits = 0
@@ -267,6 +298,11 @@ def bench(n_items: int, members: int, workdir: Path, plots: Path | None, seed: i
                                        / row["faiss (similar) p50 ms"])
     row["python floor p50 ms"] = percentiles(times["python floor"])[0]
     row["python floor % of faiss"] = 100 * row["python floor p50 ms"] / row["faiss p50 ms"]
+    row["bare call p50 ms"] = percentiles(times["bare call"])[0]
+    row["bare call overhead % (all but tower and faiss)"] = (
+        100 * (row["bare call p50 ms"] - row["tower p50 ms"] - row["faiss p50 ms"]) / row["faiss p50 ms"])
+    row["recommend over bare call, % of faiss"] = (
+        100 * (row["recommend p50 ms"] - row["bare call p50 ms"]) / row["faiss p50 ms"])
 
     # FAISS 1.15 raised distance_compute_blas_threshold to 128,000 queries, so a batch of
     # 1,000 uses its SIMD loops, not BLAS, for the coarse quantizer: measure both.
