@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from streamrec.index import auto_factory, build_index, exact_search, recall, search_parameter, tune
+from streamrec.index.faiss_index import scores_exactly
 from streamrec.inference import ArtifactError, Recommender, UnknownItemsError, export_artifact, read_manifest
 from streamrec.inference.artifact import write_artifact
 from streamrec.models.two_tower import TwoTower, TwoTowerConfig, hour_code
@@ -164,6 +166,16 @@ def test_bad_factory_string_is_a_clear_error():
     for refined in ("IVF2,Flat,RFlat", "HNSW16,Refine(Flat)"):  # FAISS: "add_with_ids not implemented"
         with pytest.raises(ValueError, match=r"refinement \(RFlat, Refine\(\.\.\.\)\) is not supported"):
             build_index(np.zeros((10, 4), np.float32), refined, progress=False)
+
+
+@pytest.mark.parametrize("factory, exact", [
+    ("Flat", True), ("IDMap,Flat", True), ("IVF4,Flat", True), ("HNSW8", True), ("IDMap2,HNSW8", True),
+    ("IVF4,PQ4", False), ("SQ8", False), ("HNSW8_SQ8", False), ("PCA8,Flat", False), ("RR16,HNSW8", False),
+])
+def test_scores_exactly_tells_flat_codes_from_compressed_or_transformed(factory, exact):
+    # Serving re-scores the candidates of the inexact ones on the item vectors.
+    index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    assert scores_exactly(index) is exact
 
 
 def test_a_pre_transformed_hnsw_index_is_tuned_and_serves_changes(tmp_path):

@@ -69,9 +69,7 @@ def search_parameter(index: faiss.Index) -> str | None:
 def scores_exactly(index: faiss.Index) -> bool:
     """Whether ``index`` scores by exact inner products of the vectors added (flat codes, no
     pre-transform), not from compressed codes (PQ, SQ) or transformed vectors."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        index = faiss.downcast_index(index.index)
+    index = _unwrap(index, _ID_MAPS)  # a pre-transform (PCA, rotation) scores transformed vectors
     if isinstance(index, faiss.IndexHNSW):
         index = faiss.downcast_index(index.storage)
     if isinstance(index, faiss.IndexIVF):
@@ -311,9 +309,13 @@ def sweep_records(sweep: list[SweepPoint]) -> list[dict]:
     return [asdict(p) for p in sweep]
 
 
-def _unwrap(index: faiss.Index) -> faiss.Index:
-    """The index under id maps and pre-transforms (``RR64,HNSW32``, ``PCA32,IVF1024,Flat``)."""
+_ID_MAPS = (faiss.IndexIDMap, faiss.IndexIDMap2)
+
+
+def _unwrap(index: faiss.Index, wrappers: tuple[type, ...] = (*_ID_MAPS, faiss.IndexPreTransform)) -> faiss.Index:
+    """The index under ``wrappers``: by default id maps and pre-transforms (``RR64,HNSW32``,
+    ``PCA32,IVF1024,Flat``)."""
     index = faiss.downcast_index(index)
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+    while isinstance(index, wrappers):
         index = faiss.downcast_index(index.index)
     return index
