@@ -13,6 +13,8 @@ dense score block ``[len(users), n_items]`` — exactly what
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,9 +55,12 @@ class ItemKNN:
     name = "ItemKNN"
 
     def __init__(self, neighbours: int = 100, shrink: float = 0.0, block_size: int = 2048):
-        if neighbours < 1:
-            raise ValueError(f"neighbours={neighbours}: must be >= 1.")
-        self.neighbours, self.shrink, self.block_size = neighbours, shrink, block_size
+        for name, value in (("neighbours", neighbours), ("block_size", block_size)):
+            if not _whole(value) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a whole number >= 1.")
+        if not _real(shrink) or shrink < 0:
+            raise ValueError(f"shrink={shrink!r}: expected a number >= 0.")
+        self.neighbours, self.shrink, self.block_size = int(neighbours), float(shrink), int(block_size)
 
     def fit(self, train: sp.csr_matrix) -> "ItemKNN":
         self.train = train.tocsr().astype(np.float32)
@@ -97,9 +102,9 @@ class EASE:
     name = "EASE"
 
     def __init__(self, l2: float = 500.0):
-        if l2 <= 0:
-            raise ValueError(f"l2={l2}: must be > 0 for the Gram matrix to be invertible.")
-        self.l2 = l2
+        if not _real(l2) or l2 <= 0:
+            raise ValueError(f"l2={l2!r}: expected a number > 0 (the Gram matrix must be invertible).")
+        self.l2 = float(l2)
 
     def fit(self, train: sp.csr_matrix) -> "EASE":
         self.train = train.tocsr().astype(np.float32)
@@ -116,6 +121,15 @@ class EASE:
 
 
 BASELINES = {cls.name: cls for cls in (MostPopular, ItemKNN, EASE)}
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    """A finite number (numpy's included), not a bool or text."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ranking_inputs(data: "SplitData", part: str = "test"):
