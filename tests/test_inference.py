@@ -829,6 +829,36 @@ def test_what_a_killed_writer_left_is_cleaned_up_and_its_moved_bundle_put_back(r
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["rec", *kept])  # no bundle of its own left
 
 
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_two_writers_creating_one_new_artifact_at_once_both_succeed(tmp_path, monkeypatch, swap):
+    """The other writer's bundle lands between this writer's check that the path is free and
+    its rename: this one then replaces it like any previous bundle (the last writer wins)."""
+    from streamrec.inference import artifact as artifact_module
+
+    if swap == "two renames":
+        monkeypatch.setattr(artifact_module, "_exchange", lambda a, b: False)
+    path, rename = tmp_path / "rec", os.replace
+
+    def bundle(writer: str):
+        def write_files(tmp: Path) -> dict:
+            for name in artifact_module.SERVED_FILES:
+                (tmp / name).write_text(writer)
+            return {"writer": writer}
+        return write_files
+
+    def other_writer_lands_first(src, dst):
+        if Path(dst) == path and not path.exists():  # this writer's rename into the free path
+            monkeypatch.setattr(os, "replace", rename)
+            write_artifact(path, bundle("other"))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", other_writer_lands_first)
+    assert write_artifact(path, bundle("this"))["writer"] == "this"
+    assert read_manifest(path)["writer"] == "this"  # every checksum matches: one whole bundle
+    assert {(path / name).read_text() for name in artifact_module.SERVED_FILES} == {"this"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # no temporary or moved-aside bundle left
+
+
 def test_a_damaged_artifact_is_rebuilt_in_place(recommender, copy_of_artifact):
     (copy_of_artifact / "manifest.json").write_text('{"format": "streamrec-retr')  # cut short
     with pytest.raises(ArtifactError, match="corrupted"):

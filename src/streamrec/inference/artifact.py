@@ -86,9 +86,8 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _fsync_dir(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the services reading it may be other users
-        if not path.exists():
-            os.replace(tmp, path)
-        elif path.is_symlink() or not _exchange(tmp, path):  # a swap leaves the old bundle at `tmp`
+        renamed = not path.exists() and _rename_into_free_path(tmp, path)
+        if not renamed and (path.is_symlink() or not _exchange(tmp, path)):  # a swap leaves the old bundle at `tmp`
             _replace_in_two_steps(tmp, path)
         _fsync_directory(path.parent)
     except BaseException:
@@ -96,6 +95,18 @@ def write_artifact(path: str | Path, write_files: Callable[[Path], dict[str, Any
         raise
     shutil.rmtree(tmp, ignore_errors=True)  # the old bundle after a swap (nothing after a rename)
     return manifest
+
+
+def _rename_into_free_path(tmp: Path, path: Path) -> bool:
+    """Rename ``tmp`` to ``path``, found free; False where another writer's bundle landed there
+    since (a rename cannot replace a non-empty directory), to be replaced like any previous one."""
+    try:
+        os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
 def _replace_in_two_steps(tmp: Path, path: Path) -> None:
