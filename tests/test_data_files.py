@@ -294,3 +294,54 @@ def test_the_cache_keeps_a_copy_another_process_wrote(tmp_path):
     assert marker.exists() and SplitData.load(target).item_map == first.item_map
     first.save(target)  # an explicit save replaces
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("sep, suffix", [(",", "csv"), ("\t", "tsv")])
+def test_ids_and_titles_that_look_like_missing_values_are_read_verbatim(tmp_path, sep, suffix):
+    """pandas reads NA, null, None, NaN, n/a, #N/A as missing: a title id "NA" was lost, a member
+    "null" was an "empty value", and an id column of "NaN" and numbers came back as floats."""
+    def table(name, rows):
+        return write(tmp_path, f"{name}.{suffix}", "".join(sep.join(row) + "\n" for row in rows))
+
+    views = table("views", [["member", "title_id", "rating"], ["NA", "NA", "4"], ["null", "None", "5"],
+                            ["None", "n/a", "3"], ["NA", "#N/A", "2"], ["null", "NaN", "1"]])
+    items = table("titles", [["title_id", "name", "text", "year", "genres"], ["NA", "NA", "None", "2001", "Drama"],
+                             ["None", "null", "NaN", "NA", "None"], ["n/a", "N/A", "", "", ""],
+                             ["#N/A", "Heat", "n/a", "1995", "Crime"], ["NaN", "NaN", "null", "", "Drama|NA"]])
+    users = table("members", [["member", "age", "plan"], ["NA", "30", "NA"], ["null", "NA", "basic"],
+                              ["None", "", "null"]])
+    data = validate_raw(load_files(
+        views, columns={"user_id": "member", "item_id": "title_id"},
+        items=items, item_columns={"item_id": "title_id", "title": "name"},
+        users=users, user_columns={"user_id": "member"},
+    ))
+    assert data.interactions["user_id"].tolist() == ["NA", "null", "None", "NA", "null"]
+    assert data.interactions["item_id"].tolist() == ["NA", "None", "n/a", "#N/A", "NaN"]
+    assert data.items["item_id"].tolist() == ["NA", "None", "n/a", "#N/A", "NaN"]
+    assert data.items["title"].tolist() == ["NA", "null", "N/A", "Heat", "NaN"]
+    assert data.items["text"].iloc[[0, 1, 3, 4]].tolist() == ["None", "NaN", "n/a", "null"]
+    assert data.users["user_id"].tolist() == ["NA", "null", "None"]
+    # Only an empty cell is a missing text; the other columns keep pandas' missing markers.
+    assert data.items["text"].isna().tolist() == [False, False, True, False, False]
+    assert data.items["year"].isna().tolist() == [False, True, True, False, True] and data.items["year"][0] == 2001
+    assert data.items["genres"].tolist() == [["Drama"], [], [], ["Crime"], ["Drama", "NA"]]
+    assert data.users["age"].dtype == np.float64 and data.users["age"].isna().tolist() == [False, True, True]
+    assert data.users["plan"].isna().tolist() == [True, False, True]
+    split = prepare_dataset(FileSource(str(views), columns={"user_id": "member", "item_id": "title_id"},
+                                       items=str(items), item_columns={"item_id": "title_id", "title": "name"}),
+                            split=SplitSpec(ratios=[1.0, 0.0]))
+    assert (split.n_users, split.n_items) == (3, 5)
+    assert sorted(split.item_map.raw_ids.tolist()) == sorted(["NA", "None", "n/a", "#N/A", "NaN"])
+
+
+def test_an_id_column_with_a_missing_value_marker_is_text_not_numbers(tmp_path):
+    views = write(tmp_path, "views.csv", "user_id,item_id\n1,NaN\n2,7\n2,NA\n")
+    data = validate_raw(load_files(views))
+    assert data.interactions["user_id"].tolist() == [1, 2, 2]
+    assert data.interactions["item_id"].tolist() == ["NaN", "7", "NA"]
+    with pytest.raises(DataError, match="column 'user_id' has empty values"):  # an empty cell is still missing
+        validate_raw(load_files(write(tmp_path, "gap.csv", "user_id,item_id\n,NA\n1,2\n")))
+    with pytest.raises(DataError, match="NaN, negative, infinite or not a number"):  # a rating "NA": still refused
+        validate_raw(load_files(write(tmp_path, "r.csv", "user_id,item_id,rating\nNA,NA,NA\n")))
+    device = validate_raw(load_files(write(tmp_path, "d.csv", "user_id,item_id,device\nNA,1,tv\nNA,2,NA\n")))
+    assert device.interactions["device"].isna().tolist() == [False, True]  # an unknown device, as before

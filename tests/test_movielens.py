@@ -110,3 +110,13 @@ def test_real_movielens_layouts(shared_dataset, name, n_ratings):
     data = load_movielens(root=shared_dataset(name))
     assert len(data.interactions) == n_ratings
     assert data.items["genres"].map(len).gt(0).mean() > 0.95
+
+
+def test_titles_that_look_like_missing_values_are_read_verbatim(tmp_path):
+    csv = tmp_path / "ml-latest-small"
+    csv.mkdir()
+    (csv / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,32,4,1260759145\n")
+    (csv / "movies.csv").write_text("movieId,title,genres\n31,NA,Drama\n32,None (2009),\n")
+    data = load_movielens(root=csv)
+    assert data.items["title"].tolist() == ["NA", "None (2009)"]
+    assert data.items["year"].isna().tolist() == [True, False]

@@ -23,7 +23,8 @@ from streamrec.data.schema import ITEM, ITEM_ID, USER, USER_ID, IdMap, RawData
 from streamrec.data.splits import TEST, TRAIN, VAL, SplitSpec, assign_parts
 
 PARTS = ("train", "val", "test")
-FORMAT_VERSION = 3  # 2: whole-number float ids as integers, sub-second time order; 3: one id type per column
+FORMAT_VERSION = 4  # 2: whole-number float ids as integers, sub-second time order; 3: one id type per column;
+# 4: ids, titles and descriptions in text files read verbatim (a title id "NA" is not missing)
 
 
 @dataclass

@@ -15,20 +15,29 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 import pandas as pd
 
 from streamrec.data.schema import INTERACTION_COLUMNS, ITEM_ID, USER_ID, DataError, RawData
 
+# pandas' own list of cells it reads as missing ("NA", "null", "None", "NaN", "n/a", "#N/A", ...).
+MISSING_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                   "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+# Canonical columns that are labels or free text, read verbatim from text files: a title id
+# "NA", a member "null", a film called "None" are data. Other columns keep pandas' markers.
+VERBATIM_COLUMNS = {"interactions": (USER_ID, ITEM_ID), "items": (ITEM_ID, "title", "text"), "users": (USER_ID,)}
 
-def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+
+def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8",
+               verbatim: Collection[str] = ()) -> pd.DataFrame:
     """Read a CSV/TSV (separator from ``sep`` or the extension) or parquet file.
 
     Columns are typed from all their rows (a big file's ids are not ints in one chunk and
     text in the next). Rows with one field more than the header are either row names (R's
     ``write.table``), dropped, or a delimiter ending every row, which does not shift the
-    columns.
+    columns. In the ``verbatim`` columns (the file's names) only an empty cell is missing;
+    in the others pandas' markers (:data:`MISSING_MARKERS`: ``NA``, ``null``, ...) are too.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -48,6 +57,11 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
         # R write them); in tab-separated logs quotes are data (Last.fm's `"Weird Al" Yankovic`).
         quoting = csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
         options = dict(sep=sep, encoding=encoding, quoting=quoting)
+        header = pd.read_csv(path, nrows=0, index_col=False, **options).columns
+        na_values: dict[str | int, list[str]] = {
+            name: [""] if name in verbatim else list(MISSING_MARKERS) for name in header}
+        na_values[len(header)] = [""]  # a delimiter ending every row: its empty last field, named by position
+        options.update(keep_default_na=False, na_values=na_values)
         with warnings.catch_warnings(record=True) as caught:  # index_col=False: an empty last field is dropped
             warnings.simplefilter("always", pd.errors.ParserWarning)
             warnings.simplefilter("always", pd.errors.DtypeWarning)
@@ -70,6 +84,12 @@ def read_table(path: str | Path, sep: str | None = None, encoding: str = "utf-8"
     if frame.empty:
         raise DataError(f"{path}: the file has a header but no rows.")
     return frame
+
+
+def _read(path: Path, table: str, columns: Mapping[str, str] | None, sep: str | None, encoding: str) -> pd.DataFrame:
+    """``table`` ("interactions", "items", "users") from ``path``, its columns mapped by ``columns``."""
+    verbatim = {(columns or {}).get(canon, canon) for canon in VERBATIM_COLUMNS[table]}  # the file's names
+    return _rename(read_table(path, sep, encoding, verbatim), columns, path)
 
 
 def _rename(frame: pd.DataFrame, columns: Mapping[str, str] | None, path: Path) -> pd.DataFrame:
@@ -110,11 +130,13 @@ def load_files(
         items, users: optional tables; ``item_columns`` / ``user_columns`` map their columns.
         sep: field separator; default from the extension (tab for .tsv/.dat/.tab, comma
             else). Comma-separated files use standard CSV quoting; with any other
-            separator quotes are read as data.
+            separator quotes are read as data. Ids, ``title`` and ``text`` are read
+            verbatim (a title id "NA" is kept; only an empty cell is missing); in the
+            other columns pandas' markers such as ``NA`` or ``null`` are missing too.
         keep_columns: keep columns that are not canonical (default: drop them).
     """
     inter_path = Path(interactions).expanduser()
-    inter = _rename(read_table(inter_path, sep, encoding), columns, inter_path)
+    inter = _read(inter_path, "interactions", columns, sep, encoding)
     missing = [c for c in (USER_ID, ITEM_ID) if c not in inter.columns]
     if missing:  # checked here, while the message can still list the file's own columns
         raise DataError(
@@ -127,11 +149,11 @@ def load_files(
     item_frame = user_frame = None
     if items is not None:
         item_path = Path(items).expanduser()
-        item_frame = _rename(read_table(item_path, sep, encoding), item_columns, item_path)
+        item_frame = _read(item_path, "items", item_columns, sep, encoding)
         origin["items"] = str(item_path)
     if users is not None:
         user_path = Path(users).expanduser()
-        user_frame = _rename(read_table(user_path, sep, encoding), user_columns, user_path)
+        user_frame = _read(user_path, "users", user_columns, sep, encoding)
         origin["users"] = str(user_path)
     for frame, table, key in ((item_frame, "items", ITEM_ID), (user_frame, "users", USER_ID)):
         if frame is not None and key not in frame.columns:

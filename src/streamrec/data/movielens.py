@@ -32,6 +32,9 @@ from streamrec.data.schema import ITEM_ID, USER_ID, DataError, RawData
 log = logging.getLogger(__name__)
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
+# Only an empty field is missing: a title such as "NA" or "None" is read as it is written
+# (the published files leave unknown values empty).
+_ONLY_EMPTY_IS_MISSING = {"keep_default_na": False, "na_values": [""]}
 
 
 @dataclass(frozen=True)
@@ -177,10 +180,11 @@ def _read_100k(root: Path) -> RawData:
     _require(root, "u.data", "u.item")
     ratings = pd.read_csv(
         root / "u.data", sep="\t", header=None,
-        names=[USER_ID, ITEM_ID, "rating", "timestamp"],
+        names=[USER_ID, ITEM_ID, "rating", "timestamp"], **_ONLY_EMPTY_IS_MISSING,
     )
     item_cols = [ITEM_ID, "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES]
-    items = pd.read_csv(root / "u.item", sep="|", header=None, names=item_cols, encoding="latin-1")
+    items = pd.read_csv(root / "u.item", sep="|", header=None, names=item_cols, encoding="latin-1",
+                        **_ONLY_EMPTY_IS_MISSING)
     flags = items[ML100K_GENRES].to_numpy(dtype=bool)
     names = np.asarray(ML100K_GENRES, dtype=object)
     items = pd.DataFrame({
@@ -194,6 +198,7 @@ def _read_100k(root: Path) -> RawData:
         users = pd.read_csv(
             root / "u.user", sep="|", header=None,
             names=[USER_ID, "age", "gender", "occupation", "zip_code"], dtype={"zip_code": str},
+            **_ONLY_EMPTY_IS_MISSING,
         )
     origin = {"interactions": str(root / "u.data"), "items": str(root / "u.item"), "users": str(root / "u.user")}
     return RawData(ratings, items, users, origin=origin)
@@ -203,7 +208,7 @@ def _read_double_colon(path: Path, names: list[str]) -> pd.DataFrame:
     # "::" separators need pandas' slow python engine; swapping them for a byte that
     # never occurs in these files lets the C parser read ml-10m's 10M rows in seconds.
     text = path.read_bytes().decode("latin-1").replace("::", "\x1f")
-    return pd.read_csv(io.StringIO(text), sep="\x1f", header=None, names=names, engine="c")
+    return pd.read_csv(io.StringIO(text), sep="\x1f", header=None, names=names, engine="c", **_ONLY_EMPTY_IS_MISSING)
 
 
 def _read_dat(root: Path) -> RawData:
@@ -221,8 +226,9 @@ def _read_dat(root: Path) -> RawData:
 
 def _read_csv(root: Path) -> RawData:
     _require(root, "ratings.csv", "movies.csv")
-    ratings = pd.read_csv(root / "ratings.csv").rename(columns={"userId": USER_ID, "movieId": ITEM_ID})
-    items = pd.read_csv(root / "movies.csv").rename(columns={"movieId": ITEM_ID})
+    ratings = pd.read_csv(root / "ratings.csv", **_ONLY_EMPTY_IS_MISSING)
+    ratings = ratings.rename(columns={"userId": USER_ID, "movieId": ITEM_ID})
+    items = pd.read_csv(root / "movies.csv", **_ONLY_EMPTY_IS_MISSING).rename(columns={"movieId": ITEM_ID})
     items["year"] = _year_from_title(items["title"])
     origin = {"interactions": str(root / "ratings.csv"), "items": str(root / "movies.csv")}
     return RawData(ratings, items, None, origin=origin)
