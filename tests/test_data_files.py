@@ -14,6 +14,7 @@ from streamrec.data import (DataError, FileSource, MovieLensSource, Preprocessin
                             SplitSpec, load_files, prepare_dataset, validate_raw)
 from streamrec.data.dataset import SplitData, index_and_split
 from streamrec.data.preprocessing import preprocess
+from streamrec.data.schema import is_missing
 
 
 def write(tmp_path, name, text):
@@ -345,3 +346,11 @@ def test_an_id_column_with_a_missing_value_marker_is_text_not_numbers(tmp_path):
         validate_raw(load_files(write(tmp_path, "r.csv", "user_id,item_id,rating\nNA,NA,NA\n")))
     device = validate_raw(load_files(write(tmp_path, "d.csv", "user_id,item_id,device\nNA,1,tv\nNA,2,NA\n")))
     assert device.interactions["device"].isna().tolist() == [False, True]  # an unknown device, as before
+
+
+def test_is_missing_is_one_rule_for_an_empty_cell():
+    empty = [None, float("nan"), np.float32("nan"), np.float64("nan"), pd.NA, pd.NaT, np.datetime64("NaT"),
+             np.timedelta64("NaT")]
+    present = [0, 0.0, "", "NA", False, [], [None], np.datetime64("2020-01-01"), np.inf, np.int64(0)]
+    assert [is_missing(v) for v in empty] == [True] * len(empty)
+    assert [is_missing(v) for v in present] == [False] * len(present)

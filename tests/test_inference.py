@@ -538,7 +538,7 @@ def test_missing_request_values_count_as_unknown(recommender):
     """What pandas hands over for an empty cell (NaN in a text column, NA) is an unknown device
     or feature, as None is; numpy bools are bools."""
     plain = recommender.recommend([1000, 1001], k=5)
-    for device in (float("nan"), pd.NA, None):
+    for device in (float("nan"), np.float32("nan"), pd.NA, pd.NaT, None):  # float32's NaN was refused
         assert recommender.recommend([1000, 1001], k=5, device=device) == plain
     assert recommender.recommend([1000, 1001], k=5, member_features={"plan": pd.NA}) == plain
     assert recommender.recommend_batch([[1000, 1001]], k=5, devices=[float("nan")])[0] == plain

@@ -178,17 +178,21 @@ def _as_genre_list(value: Any) -> list[str]:
     """A title's genres: "Action|Comedy" (spaces around names dropped) or a list; missing: none."""
     if isinstance(value, str):
         return [g for g in (part.strip() for part in value.split("|")) if g and g != "(no genres listed)"]
-    if _missing_value(value):
+    if is_missing(value):
         return []
     if isinstance(value, (int, float, np.number)):  # a genre code
         return [_id_text(value)]
-    return [g.strip() if isinstance(g, str) else _id_text(g) for g in value if not _missing_value(g)
+    return [g.strip() if isinstance(g, str) else _id_text(g) for g in value if not is_missing(g)
             and (not isinstance(g, str) or g.strip())]
 
 
-def _missing_value(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (
-        isinstance(value, (float, np.floating)) and np.isnan(value))
+def is_missing(value: Any) -> bool:
+    """Whether one cell is empty: None, NaN (Python's or numpy's), pandas' NA or NaT, numpy's NaT."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    return isinstance(value, (np.datetime64, np.timedelta64)) and bool(np.isnat(value))
 
 
 def _validate_unique_ids(table: pd.DataFrame, id_col: str, where: str, what: str) -> pd.DataFrame:

@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamrec.data.schema import is_missing
+
 
 class ItemTable:
     """Metadata of ``n`` titles in catalogue-row order.
@@ -284,7 +286,7 @@ def _times(name: str, values: pa.Array | np.ndarray, dtype: np.dtype) -> np.ndar
     out = []
     for given in values.to_pylist() if isinstance(values, pa.Array) else values.tolist():
         try:
-            out.append(None if _missing_time(given) else _time(given, dtype))
+            out.append(None if is_missing(given) else _time(given, dtype))
         except (TypeError, ValueError):
             raise ValueError(f"items.{name}: the catalogue's {name} holds {what} that fit {dtype}, got "
                              f"{[given]!r}.") from None
@@ -307,24 +309,20 @@ def _time(given: Any, dtype: np.dtype) -> np.datetime64 | np.timedelta64:
     text. Numbers raise ``TypeError``: their unit is unknown. A time with a zone is taken in
     UTC, as a zoned column reads when loaded."""
     if dtype.kind == "M":
-        if not isinstance(given, (str, datetime.date, np.datetime64)) or _missing_time(given):
+        if not isinstance(given, (str, datetime.date, np.datetime64)) or is_missing(given):
             raise TypeError(given)
         value = pd.Timestamp(given)
         if value.tzinfo is not None:
             value = value.tz_convert("UTC").tz_localize(None)
         exact = value.to_datetime64()
     else:
-        if not isinstance(given, (str, datetime.timedelta, np.timedelta64)) or _missing_time(given):
+        if not isinstance(given, (str, datetime.timedelta, np.timedelta64)) or is_missing(given):
             raise TypeError(given)
         exact = pd.Timedelta(given).to_timedelta64()
     cast = exact.astype(dtype)
     if cast.astype(exact.dtype) != exact:  # past the column's range (9999-12-31 in nanoseconds): numpy wraps
         raise ValueError(f"{given!r} does not fit {dtype}")
     return cast
-
-
-def _missing_time(value: Any) -> bool:
-    return value is None or (not isinstance(value, (list, tuple, np.ndarray)) and bool(pd.isna(value)))
 
 
 def _booleans_in(allowed: Iterable[Any]) -> list[bool]:

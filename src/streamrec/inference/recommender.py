@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from streamrec.data.features import UserFeatureSpec, build_item_features
+from streamrec.data.schema import is_missing
 from streamrec.index.faiss_index import scores_exactly, set_search_parameter
 from streamrec.inference.artifact import ArtifactError, read_manifest, write_artifact
 from streamrec.inference.export import library_versions
@@ -515,7 +516,7 @@ class Recommender:
                 for i, value in enumerate(values):
                     if isinstance(value, (set, frozenset)):
                         values[i] = sorted(value, key=str)
-                    elif not _listed(value) and not _missing(value):
+                    elif not _listed(value) and not is_missing(value):
                         hint = f" (e.g. [{value!r}])" if isinstance(value, str) else ""
                         raise ValueError(f"items.{column}[{i}]: expected a list of values{hint}, "
                                          f"got {_described(value)}.")
@@ -645,7 +646,7 @@ class Recommender:
             raise ValueError(f"timestamps ({name}): a view at {max(times):.0f} is more than a day after now={now!r}; "
                              "both are unix seconds (not milliseconds).")
         if device is not None and (isinstance(device, bool) or not isinstance(device, (str, int, np.integer))) \
-                and not _missing(device):  # missing (NaN, as pandas reads an empty text cell; NA): unknown
+                and not is_missing(device):  # missing (NaN, as pandas reads an empty text cell; NA): unknown
             raise ValueError(f"device: expected a value of the training data's device column (text or an "
                              f"integer), got {_described(device)}.")
         if type(history) is not list:
@@ -920,8 +921,8 @@ class Recommender:
         for column in ("year",):
             if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").isna().any():
                 bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()].tolist()
-                if not all(map(_missing, bad)):  # missing (None, NaN, pandas' NA): the year is unknown
-                    raise ValueError(f"items.{column}: non-numeric values {[v for v in bad if not _missing(v)][:5]}.")
+                if not all(map(is_missing, bad)):  # missing (None, NaN, pandas' NA): the year is unknown
+                    raise ValueError(f"items.{column}: non-numeric values {[v for v in bad if not is_missing(v)][:5]}.")
         features = build_item_features(frame, genre_vocab=encoder["genre_vocab"], year_mean=encoder["year_mean"],
                                        year_std=encoder["year_std"], text_buckets=encoder["text_buckets"],
                                        max_tokens=encoder["max_tokens"])
@@ -1194,28 +1195,23 @@ def _records_frame(records: list[Any]) -> pd.DataFrame:
     for column in typed.columns:
         if typed[column].dtype.kind not in "fO":
             continue
-        present = [v for v in raw[column] if not _missing(v)]
+        present = [v for v in raw[column] if not is_missing(v)]
         if not present or len(present) == len(raw):
             continue
         if all(isinstance(v, (bool, np.bool_)) for v in present):
-            typed[column] = raw[column].map(lambda v: None if _missing(v) else bool(v))
+            typed[column] = raw[column].map(lambda v: None if is_missing(v) else bool(v))
         elif all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
             low, high = min(map(int, present)), max(map(int, present))
             dtype = "Int64" if high <= np.iinfo(np.int64).max else "UInt64"
             if low < np.iinfo(dtype.lower()).min or high > np.iinfo(dtype.lower()).max:
                 continue  # no one integer type holds them: appending refuses them by name
-            typed[column] = pd.array([None if _missing(v) else int(v) for v in raw[column]], dtype=dtype)
+            typed[column] = pd.array([None if is_missing(v) else int(v) for v in raw[column]], dtype=dtype)
     return typed
 
 
 def _listed(value: Any) -> bool:
     """A list-like metadata value (a list column's cell)."""
     return isinstance(value, (list, tuple, np.ndarray, set, frozenset))
-
-
-def _missing(value: Any) -> bool:
-    """None, NaN or pandas' NA: a cell left empty."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _mmr(vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int,
