@@ -45,7 +45,8 @@ def tiny_catalogue(seed: int = 0, n_items: int = N_ITEMS):
                             max_history=10, user_feature_cardinalities=[3], n_devices=2, use_hour=True)
     year = torch.from_numpy(((items["year"] - 1990) / 20).to_numpy(np.float32))
     model = TwoTower(config, genres=genres, year=year, year_known=torch.ones(n_items),
-                     tokens=torch.zeros(n_items, config.max_tokens), has_id=torch.ones(n_items, dtype=torch.bool)).eval()
+                     tokens=torch.zeros(n_items, config.max_tokens),
+                     has_id=torch.ones(n_items, dtype=torch.bool)).eval()
     spec = {
         "item_map": {"kind": "int", "ids": items["item_id"].tolist()},
         "item_features": {"genre_vocab": GENRES, "year_mean": 1990.0, "year_std": 20.0, "text_buckets": 0,
@@ -502,7 +503,8 @@ def test_membership_and_removal_take_only_the_catalogues_id_type(recommender, ar
     ({"now": True}, "now: expected unix seconds"),
     ({"timestamps": {2e9, 1e9}}, r"timestamps \(history\): expected a sequence of numbers"),  # a set has no order
     # Each of these was taken before: as a number, as unknown, or as true.
-    ({"timestamps": [10**400, 1]}, r"timestamps \(history\): expected unix seconds or datetimes within float64's range"),
+    ({"timestamps": [10**400, 1]},
+     r"timestamps \(history\): expected unix seconds or datetimes within float64's range"),
     ({"now": 10**400}, "now: expected unix seconds"),
     ({"timestamps": ["1700000000", "1700000060"]}, r"timestamps \(history\): expected unix seconds or datetimes"),
     ({"watch_fractions": [True, False]}, r"watch_fractions \(history\): expected numbers"),
@@ -523,7 +525,8 @@ def test_bad_input_raises_value_error_naming_the_argument(recommender, kwargs, m
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"timestamps": [["1700000000", "1700000060"]]}, r"timestamps \(histories\[0\]\): expected unix seconds or datetimes"),
+    ({"timestamps": [["1700000000", "1700000060"]]},
+     r"timestamps \(histories\[0\]\): expected unix seconds or datetimes"),
     ({"member_features": [{"plna": "premium"}]}, "member_features: 'plna' is not a feature"),
     ({"devices": [["tv"]]}, "device: expected a value of the training data's device column"),
     ({"exclude_seen": "False"}, "exclude_seen: expected True or False"),

@@ -94,7 +94,8 @@ def test_temporal_split_cuts_globally_by_time():
     data = interactions(n_users=10, per_user=10)
     split = index_and_split(data, SplitSpec(method="temporal", ratios=[0.8, 0.1, 0.1]))
     assert (len(split.train), len(split.val), len(split.test)) == (80, 10, 10)
-    assert split.train["timestamp"].max() < split.val["timestamp"].min() <= split.val["timestamp"].max() < split.test["timestamp"].min()
+    train, val, test = (part["timestamp"] for part in (split.train, split.val, split.test))
+    assert train.max() < val.min() <= val.max() < test.min()
 
 
 def test_time_splits_need_timestamps_and_ratios_are_checked():

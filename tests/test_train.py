@@ -55,7 +55,8 @@ def test_every_config_group_instantiates(tmp_path, group, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     for option in group_options(group):
         package = "eval.baselines" if group == "baselines" else group
-        cfg = make_cfg(tmp_path, [f"{package}={option}" if group != "baselines" else f"baselines@eval.baselines={option}"])
+        override = f"baselines@eval.baselines={option}" if group == "baselines" else f"{package}={option}"
+        cfg = make_cfg(tmp_path, [override])
         node = cfg.eval.baselines if group == "baselines" else cfg[group]
         if group == "model":
             module = instantiate(node, model_config={**node.model_config, "n_items": 10}, _convert_="all")

@@ -139,7 +139,8 @@ def main() -> None:
     best = min(timer.epoch_seconds)
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads\n")
-    print("| examples/epoch | dim | history | batch | pooling | loss | s/epoch (best of %d) | examples/s |" % args.epochs)
+    print("| examples/epoch | dim | history | batch | pooling | loss | s/epoch (best of %d) | examples/s |"
+          % args.epochs)
     print("|---:|---:|---:|---:|---|---|---:|---:|")
     print(f"| {examples:,} | {args.dim} | {args.history} | {args.batch_size} | {args.pooling} | {args.loss} "
           f"| {best:.1f} | {examples / best:,.0f} |")

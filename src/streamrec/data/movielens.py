@@ -220,7 +220,8 @@ def _read_dat(root: Path) -> RawData:
     if (root / "users.dat").exists():
         users = _read_double_colon(root / "users.dat", [USER_ID, "gender", "age", "occupation", "zip_code"])
         users["zip_code"] = users["zip_code"].astype(str)
-    origin = {"interactions": str(root / "ratings.dat"), "items": str(root / "movies.dat"), "users": str(root / "users.dat")}
+    origin = {"interactions": str(root / "ratings.dat"), "items": str(root / "movies.dat"),
+              "users": str(root / "users.dat")}
     return RawData(ratings, items, users, origin=origin)
 
 

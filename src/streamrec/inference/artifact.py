@@ -172,7 +172,8 @@ def _clean_up_after_dead_writers(path: Path) -> None:
     host and process id. A writer on this host is known dead when its process is gone (one
     in another process namespace with the same host name would look dead too); what a
     writer on another host (a shared volume) left is removed only after a day."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})-([0-9]{{1,10}})\.(?:[a-z0-9_]+\.tmp|([0-9]+)\.old)")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})-([0-9]{{1,10}})"
+                         r"\.(?:[a-z0-9_]+\.tmp|([0-9]+)\.old)")
     left = []
     for sibling in path.parent.iterdir():
         match = pattern.fullmatch(sibling.name)

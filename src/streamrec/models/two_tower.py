@@ -234,7 +234,8 @@ class QueryTower(nn.Module):
         weights = mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)
         pooled = weighted_bag(self.history_embedding.weight, history, weights)
         if watch is not None:
-            pooled = pooled + self.watch_proj((watch * weights).sum(dim=1, keepdim=True)) * (weights.sum(1, keepdim=True))
+            pooled = pooled + (self.watch_proj((watch * weights).sum(dim=1, keepdim=True))
+                               * weights.sum(1, keepdim=True))
         if buckets is not None:
             # 17 recency rows: each member's weight per bucket times the table. Cheaper than
             # an embedding bag, whose backward sorts all B * L indices.

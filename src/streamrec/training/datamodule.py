@@ -51,7 +51,8 @@ class MemberLog:
         time = frame[TIMESTAMP].to_numpy(np.float64) if TIMESTAMP in frame.columns else np.zeros(n)
         order = np.lexsort((np.arange(n), time, frame[USER].to_numpy()))
         users = frame[USER].to_numpy()[order]
-        watch = frame[WATCH_FRACTION].to_numpy(np.float32) if WATCH_FRACTION in frame.columns else np.ones(n, np.float32)
+        watch = (frame[WATCH_FRACTION].to_numpy(np.float32) if WATCH_FRACTION in frame.columns
+                 else np.ones(n, np.float32))
         if DEVICE in frame.columns:
             codes = {d: i + 1 for i, d in enumerate(device_vocab)}
             device = frame[DEVICE].astype(str).map(codes).fillna(0).to_numpy(np.int64)
@@ -172,7 +173,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         """Members with at least one held-out title in ``part`` (``val`` or ``test``)."""
         return np.flatnonzero(self.targets[part].length > 0)
 
-    def eval_batch(self, users: list[int] | np.ndarray, part: str, with_targets: bool = True) -> dict[str, torch.Tensor]:
+    def eval_batch(self, users: list[int] | np.ndarray, part: str,
+                   with_targets: bool = True) -> dict[str, torch.Tensor]:
         """History / context of ``users`` as of the end of what they had seen before ``part``.
 
         With ``with_targets``, adds ``exclude`` (seen titles) and ``targets`` (held-out
