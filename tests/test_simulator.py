@@ -195,6 +195,7 @@ def test_true_scores_shape_and_bad_ids(data: SimulatedData) -> None:
         ({"n_interactions": 300 * 40 + 1}, "exceeds n_users \\* max views per member"),
         ({"n_genres": 99}, "n_genres=99"),
         ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"temperature": 10**400}, "temperature must be a finite number"),  # was an OverflowError
         ({"popularity_exponent": -1.0}, "popularity_exponent must be >= 0"),
         ({"max_views_fraction": 1.5}, "max_views_fraction must be in"),
         ({"device_loyalty": 2.0}, "device_loyalty must be in"),

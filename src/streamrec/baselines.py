@@ -13,13 +13,13 @@ dense score block ``[len(users), n_items]`` — exactly what
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from streamrec.validation import is_finite_number, is_whole_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,9 +56,9 @@ class ItemKNN:
 
     def __init__(self, neighbours: int = 100, shrink: float = 0.0, block_size: int = 2048):
         for name, value in (("neighbours", neighbours), ("block_size", block_size)):
-            if not _whole(value) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected a whole number >= 1.")
-        if not _real(shrink) or shrink < 0:
+        if not is_finite_number(shrink) or shrink < 0:
             raise ValueError(f"shrink={shrink!r}: expected a number >= 0.")
         self.neighbours, self.shrink, self.block_size = int(neighbours), float(shrink), int(block_size)
 
@@ -102,7 +102,7 @@ class EASE:
     name = "EASE"
 
     def __init__(self, l2: float = 500.0):
-        if not _real(l2) or l2 <= 0:
+        if not is_finite_number(l2) or l2 <= 0:
             raise ValueError(f"l2={l2!r}: expected a number > 0 (the Gram matrix must be invertible).")
         self.l2 = float(l2)
 
@@ -121,15 +121,6 @@ class EASE:
 
 
 BASELINES = {cls.name: cls for cls in (MostPopular, ItemKNN, EASE)}
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _real(value: object) -> bool:
-    """A finite number (numpy's included), not a bool or text."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ranking_inputs(data: "SplitData", part: str = "test"):

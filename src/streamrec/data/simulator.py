@@ -47,7 +47,6 @@ parallel on Python threads), so the output does not depend on the number of thre
 from __future__ import annotations
 
 import math
-import numbers
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +54,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+
+from streamrec.validation import is_finite_number, is_whole_number
 
 # (name, relative frequency): the 18 MovieLens genres with their ML-25M title counts, then
 # a few extra genres for larger ``n_genres``. ``n_genres`` keeps the first n.
@@ -166,9 +167,9 @@ class SimulatorConfig:
         """Raise ``ValueError`` naming the bad field and how to fix it."""
         for name in ("n_users", "n_items", "n_interactions", "n_genres", "dim", "days"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise ValueError(f"SimulatorConfig.{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or self.seed < 0:
+        if not is_whole_number(self.seed) or self.seed < 0:
             raise ValueError(f"SimulatorConfig.seed must be a non-negative integer, got {self.seed!r}.")
         if self.n_genres > len(GENRES):
             raise ValueError(
@@ -181,7 +182,7 @@ class SimulatorConfig:
         fractions = ("max_views_fraction", "device_loyalty", "signup_spread")
         for name in positive + non_negative + fractions + ("completion_bias",):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise ValueError(f"SimulatorConfig.{name} must be a finite number, got {value!r}.")
             if name in positive and value <= 0:
                 raise ValueError(f"SimulatorConfig.{name} must be > 0, got {value!r}.")

@@ -42,6 +42,7 @@ from streamrec.inference.items import ItemTable
 from streamrec.inference.query_encoder import NumpyQueryTower, supports
 from streamrec.inference.row_lookup import ABSENT, RowLookup
 from streamrec.models.two_tower import SECONDS_PER_DAY, ItemTower, QueryTower, TwoTowerConfig, hour_code
+from streamrec.validation import is_finite_number
 
 log = logging.getLogger(__name__)
 
@@ -640,7 +641,7 @@ class Recommender:
             raise ValueError(f"watch_fractions ({name}): values must lie in [0, 1].")
         if isinstance(now, _DATETIMES):
             now = _seconds([now], "now", "")[0]
-        if now is not None and not _finite_number(now):
+        if now is not None and not is_finite_number(now):
             raise ValueError(f"now: expected unix seconds or a datetime, got {now!r}.")
         if now is not None and times and max(times) > now + SECONDS_PER_DAY:  # clock skew aside
             raise ValueError(f"timestamps ({name}): a view at {max(times):.0f} is more than a day after now={now!r}; "
@@ -1149,16 +1150,6 @@ def _check_flags(**flags: Any) -> None:
     for name, value in flags.items():
         if not isinstance(value, (bool, np.bool_)):  # 'False' would be true
             raise ValueError(f"{name}: expected True or False, got {_described(value)}.")
-
-
-def _finite_number(value: Any) -> bool:
-    """A finite int or float (not a bool); ints past float64's range are not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _described(value: Any) -> str:

@@ -13,7 +13,6 @@ LightningModule needs nothing but the batch.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ from streamrec.data import SplitData
 from streamrec.data.features import UserFeatureSpec
 from streamrec.data.schema import DEVICE, ITEM, TIMESTAMP, USER, WATCH_FRACTION
 from streamrec.models.two_tower import SECONDS_PER_DAY, hour_code
+from streamrec.validation import is_whole_number
 
 HISTORY_MODES = ("set", "sequential")
 
@@ -88,7 +88,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         if history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode={history_mode!r}: choose one of {HISTORY_MODES}.")
         for name, value, least in (("batch_size", batch_size, 2), ("eval_batch_size", eval_batch_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            if not is_whole_number(value) or value < least:
                 raise ValueError(f"{name}={value!r}: expected a whole number >= {least}"
                                  f"{' (in-batch negatives need at least 2)' if least == 2 else ''}.")
         # Plain ints: torch's BatchSampler refuses numpy integers (a sweep may pass them).

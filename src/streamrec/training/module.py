@@ -6,7 +6,6 @@ at the end of each validation epoch (members' seen titles masked).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from streamrec.evaluation import ndcg_at_k, recall_at_k, topk_items
 from streamrec.models.losses import FullSoftmaxLoss, SampledSoftmaxLoss, mixture_log_q
 from streamrec.models.two_tower import TwoTower, TwoTowerConfig
+from streamrec.validation import is_finite_number, is_whole_number
 
 LOSSES = ("sampled", "full")
 LR_SCHEDULES = ("constant", "one_cycle")
@@ -62,11 +62,9 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}.")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose one of {LR_SCHEDULES}.")
-        if isinstance(num_uniform_negatives, bool) or not isinstance(num_uniform_negatives, numbers.Integral) \
-                or num_uniform_negatives < 0:
+        if not is_whole_number(num_uniform_negatives) or num_uniform_negatives < 0:
             raise ValueError(f"num_uniform_negatives={num_uniform_negatives!r}: expected a whole number >= 0.")
-        if isinstance(history_dropout, bool) or not isinstance(history_dropout, numbers.Real) \
-                or not 0 <= history_dropout < 1:
+        if not is_finite_number(history_dropout) or not 0 <= history_dropout < 1:
             raise ValueError(f"history_dropout={history_dropout!r}: expected a probability in [0, 1) "
                              "(1 would drop every history).")
         # Plain Python numbers in the saved hyperparameters (a sweep may pass numpy's).
